@@ -1,0 +1,1 @@
+"""Driver-side jobs: one thin module per pipeline stage plus shared session/config/Delta helpers."""

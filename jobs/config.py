@@ -1,0 +1,205 @@
+"""Typed, strict job configuration.
+
+Defaults live in the dataclasses below; a YAML file overlays them (a file may name
+another with `extends:` to overlay it first), then `--set dotted.key=value` pairs overlay
+the result. Unknown keys are errors that name the key, so a typo never silently falls
+back to a default on a thousand-GPU run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+@dataclass
+class SparkConfig:
+    # Empty master means "let spark-submit / the cluster decide".
+    master: str = "local[2]"
+    app_name: str = "deparrot"
+    # Extra Spark conf applied only when deparrot builds the session itself.
+    conf: dict[str, str] = field(default_factory=dict)
+    # Extra Maven coordinates resolved with the Delta jars for a locally built session.
+    extra_packages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StorageConfig:
+    # Root folder (or URI) for path-based Delta tables; empty means managed tables
+    # (Unity Catalog / Hive metastore) addressed by catalog.schema.table only.
+    root: str = "data/lake"
+    catalog: str = ""
+    schema: str = "deparrot"
+
+
+@dataclass
+class TablesConfig:
+    metadata: str = "metadata"
+    rejects: str = "rejects"
+    images: str = "images"
+    scores: str = "scores"
+    clusters: str = "clusters"
+    dedup: str = "dedup"
+    subset: str = "laion_debiased"
+
+
+@dataclass
+class IngestConfig:
+    # A parquet file or a folder of them (any depth).
+    input: str = ""
+    # auto | laion400m | laion2b | datacomp
+    family: str = "auto"
+    # Normalised numeric columns that must be present and finite.
+    required_numbers: list[str] = field(default_factory=lambda: ["width", "height"])
+    # Reported image sides above this are "absurd_size" rejects.
+    max_side: float = 100_000.0
+    require_text: bool = True
+
+
+@dataclass
+class SampleConfig:
+    out: str = "data/sample"
+    rows: int = 120
+    seed: int = 7
+    image_size: int = 256
+    # URLs in the generated metadata point here; the demo serves `out`/images on it.
+    base_url: str = "http://127.0.0.1:8000/"
+    # Write image files too (the 1M-row ingest benchmark only needs metadata).
+    images: bool = True
+    # Parquet files to split the metadata into.
+    files: int = 2
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, overlaid by `path` (following `extends:`), overlaid by `key=value` strings."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_with_extends(Path(path), seen=())
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return _build(Config, data, prefix="")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config files extend each other in a loop: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    base = _read_with_extends(path.parent / str(parent), seen + (path,))
+    return _deep_merge(base, loaded)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c`; inside a free-form mapping (spark.conf) the rest of the key is one name."""
+    parts = key.split(".")
+    node, schema = data, Config
+    i = 0
+    while i < len(parts) - 1:
+        part = parts[i]
+        hint = typing.get_type_hints(schema).get(part) if schema is not None else None
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+        node = child
+        i += 1
+        if typing.get_origin(hint) is dict:
+            node[".".join(parts[i:])] = value
+            return
+        schema = hint if dataclasses.is_dataclass(hint) else None
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            "unknown config key(s): " + ", ".join(prefix + k for k in unknown)
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value

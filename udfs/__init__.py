@@ -1,0 +1,1 @@
+"""Executor-side code: model loading, predict functions and pandas UDF bodies. Never builds a SparkSession or reads config files."""
