@@ -199,7 +199,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML turns `true` into a bool; Spark conf wants text
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value

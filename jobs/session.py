@@ -1,0 +1,78 @@
+"""One way to get a SparkSession with Delta Lake, wherever the job runs.
+
+Databricks and `spark-submit` already own a session (or at least its JVM, master and
+packages): reuse it and never stop it. Only on a laptop, where nobody else built one,
+deparrot builds a local session and pulls the delta-spark jars through Ivy (cached after
+the first run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from jobs.config import SparkConfig
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+class SparkStartError(RuntimeError):
+    """The local session could not start (usually: Delta jars could not be resolved)."""
+
+
+def launched_by_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands Python the gateway through these vars."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
+    """Return (session, created_here). Only a session created here may be stopped by us."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+
+    builder = SparkSession.builder.appName(cfg.app_name)
+    builder = builder.config("spark.sql.extensions", DELTA_EXTENSION)
+    builder = builder.config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    if launched_by_spark_submit() or not cfg.master:
+        # Master, jars and resources come from spark-submit / the cluster, not from us.
+        for key, value in cfg.conf.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate(), True
+
+    builder = builder.master(cfg.master)
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    try:
+        from delta import configure_spark_with_delta_pip
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SparkStartError(
+            "delta-spark is not installed: install deparrot with the 'local' extra "
+            "(pip install 'deparrot[local]') or run under spark-submit --packages."
+        ) from exc
+    builder = configure_spark_with_delta_pip(builder, extra_packages=list(cfg.extra_packages))
+    try:
+        return builder.getOrCreate(), True
+    except Exception as exc:
+        raise SparkStartError(
+            "Could not start a local Spark session with Delta Lake. The delta-spark jars "
+            "are resolved from Maven Central on first use and cached in ~/.ivy2*; without "
+            "network access, run once where the repository is reachable, or put the jars "
+            "on the classpath yourself (spark.jars) and set spark.master to '' so deparrot "
+            f"does not resolve them. Cause: {exc}"
+        ) from exc
+
+
+@contextmanager
+def spark_session(cfg: SparkConfig) -> Iterator:
+    """Yield a session; stop it afterwards only if this block created it."""
+    spark, created = get_spark(cfg)
+    try:
+        yield spark
+    finally:
+        if created:
+            spark.stop()

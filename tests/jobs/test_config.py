@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from jobs.config import ConfigError, load_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_defaults_and_dotted_overrides():
+    cfg = load_config(None, ["ingest.family=laion2b", "ingest.max_side=5000",
+                             "spark.conf.spark.sql.shuffle.partitions=4"])
+    assert cfg.ingest.family == "laion2b"
+    assert cfg.ingest.max_side == 5000.0
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4"}
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="ingest.famly"):
+        load_config(None, ["ingest.famly=laion2b"])
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("storage:\n  rot: /tmp\n")
+    with pytest.raises(ConfigError, match="storage.rot"):
+        load_config(path)
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="sample.rows must be an integer"):
+        load_config(None, ["sample.rows=many"])
+
+
+def test_extends_overlays_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("ingest:\n  family: datacomp\n  max_side: 10\n")
+    (tmp_path / "env.yaml").write_text("extends: base.yaml\ningest:\n  max_side: 20\n")
+    cfg = load_config(tmp_path / "env.yaml", ["ingest.require_text=false"])
+    assert (cfg.ingest.family, cfg.ingest.max_side, cfg.ingest.require_text) == (
+        "datacomp", 20.0, False)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONF.glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    load_config(CONF / name)
