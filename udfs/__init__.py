@@ -1,1 +1,4 @@
-"""Executor-side code: model loading, predict functions and pandas UDF bodies. Never builds a SparkSession or reads config files."""
+"""Executor-side code: model loading, predict functions and pandas UDF bodies.
+
+Nothing here builds a SparkSession or reads config files: jobs/ hand settings in.
+"""
