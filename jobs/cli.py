@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
                {"--out": "sample.out", "--rows": "sample.rows"}),
     "ingest": ("LAION-style parquet metadata -> Delta metadata table",
                {"--input": "ingest.input", "--family": "ingest.family"}),
+    "download": ("fetch the images (or read img2dataset shards) -> Delta images table",
+                 {"--source": "download.source", "--shards": "download.shards"}),
     "demo": ("generate the sample and run the whole pipeline on it locally", {}),
 }
 
@@ -69,6 +71,12 @@ def _ingest(spark, cfg: Config) -> object:
     return run(spark, cfg)
 
 
+def _download(spark, cfg: Config) -> object:
+    from jobs.download import run
+
+    return run(spark, cfg)
+
+
 def _demo(cfg: Config) -> object:
     from jobs.demo import run_demo
 
@@ -78,6 +86,7 @@ def _demo(cfg: Config) -> object:
 RUNNERS: dict[str, Callable[[Config], object]] = {
     "sample": _sample,
     "ingest": _with_spark(_ingest),
+    "download": _with_spark(_download),
     "demo": _demo,
 }
 

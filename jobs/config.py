@@ -67,6 +67,41 @@ class IngestConfig:
 
 
 @dataclass
+class DownloadConfig:
+    # http: fetch the metadata URLs; webdataset / parquet: read img2dataset output at `shards`.
+    source: str = "http"
+    shards: str = ""
+    # How img2dataset output is matched to the metadata: url | sample_id (SAMPLE_ID saved
+    # with img2dataset's --save_additional_columns).
+    match_by: str = "url"
+    concurrency: int = 16  # requests in flight per Spark task
+    partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
+    rows_per_commit: int = 100_000  # each chunk of this many rows is one Delta commit
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    max_pixels: int = 40_000_000
+    # X-Robots-Tag directives that make deparrot skip an image (empty list: honour none).
+    disallowed_header_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    # The SSRF guard refuses loopback/private/link-local/reserved hosts unless allowed here.
+    allow_private: bool = False
+    allowed_networks: list[str] = field(default_factory=list)
+    user_agent: str = "deparrot/0.1 (+image-text dataset curation; honours X-Robots-Tag noai)"
+    # img2dataset-style resizing.
+    image_size: int = 256
+    resize_mode: str = "border"  # no | keep_ratio | keep_ratio_largest | center_crop | border
+    resize_only_if_bigger: bool = False
+    min_image_size: int = 0
+    max_aspect_ratio: float = float("inf")
+    encode_format: str = "jpg"  # jpg | png | webp
+    encode_quality: int = 95
+
+
+@dataclass
 class SampleConfig:
     out: str = "data/sample"
     rows: int = 120
@@ -86,6 +121,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

@@ -135,15 +135,24 @@ class Lake:
             .execute()
         )
 
-    def add_rejects(self, df: DataFrame) -> None:
-        """Append rejects (any subset of REJECTS_SCHEMA columns), once per (stage, key)."""
+    def _conform_rejects(self, df: DataFrame) -> DataFrame:
         self.ensure("rejects", REJECTS_SCHEMA, partition_by=("stage",))
         cols = []
-        for field in REJECTS_SCHEMA.fields:
-            if field.name in df.columns:
-                cols.append(F.col(field.name).cast(field.dataType).alias(field.name))
-            elif field.name == "rejected_at":
-                cols.append(F.current_timestamp().alias(field.name))
+        for fld in REJECTS_SCHEMA.fields:
+            if fld.name in df.columns:
+                cols.append(F.col(fld.name).cast(fld.dataType).alias(fld.name))
+            elif fld.name == "rejected_at":
+                cols.append(F.current_timestamp().alias(fld.name))
             else:
-                cols.append(F.lit(None).cast(field.dataType).alias(field.name))
-        self.insert_new("rejects", df.select(*cols), on=["stage", "reject_key"])
+                cols.append(F.lit(None).cast(fld.dataType).alias(fld.name))
+        return df.select(*cols)
+
+    def add_rejects(self, df: DataFrame) -> None:
+        """Append rejects (any subset of REJECTS_SCHEMA columns), once per (stage, key)."""
+        self.insert_new("rejects", self._conform_rejects(df), on=["stage", "reject_key"])
+
+    def replace_rejects(self, stage: str, df: DataFrame) -> None:
+        """Replace all rejects of `stage` by `df` in one commit (for stages that retry)."""
+        conformed = self._conform_rejects(df)
+        ref = self.ref("rejects")
+        conformed.writeTo(ref.name).overwrite(F.col("stage") == F.lit(stage))

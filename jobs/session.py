@@ -9,6 +9,7 @@ the first run).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -44,6 +45,8 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
             builder = builder.config(key, value)
         return builder.getOrCreate(), True
 
+    # Local Python workers must run the driver's interpreter (and so see its packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.master(cfg.master)
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)

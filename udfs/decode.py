@@ -154,6 +154,8 @@ def _load_error_reason(err: BaseException) -> str:
 
 
 def _allowed_formats() -> list[str]:
+    # Image.OPEN is filled lazily; without init() a fresh process would know no format.
+    Image.init()
     return [fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN]
 
 

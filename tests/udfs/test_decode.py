@@ -290,3 +290,22 @@ def test_sniff_format() -> None:
     assert sniff_format(b"  <svg>") == "SVG"
     assert sniff_format(b"hello") is None
     assert sniff_format(b"") is None
+
+
+def test_decodes_in_a_fresh_interpreter():
+    """Pillow registers its format plugins lazily; a new Spark worker starts with none."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    code = (
+        "import sys\nfrom udfs.decode import decode_image\n"
+        "print(decode_image(sys.stdin.buffer.read()).error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=buf.getvalue(),
+                         capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "None"

@@ -1,0 +1,216 @@
+"""`deparrot download`: metadata table -> images Delta table.
+
+Images come from the URLs (fetched inside Spark tasks, many requests in flight per task,
+SSRF-guarded, opt-out headers honoured) or from shards img2dataset already wrote
+(webdataset tars or parquet with image bytes). Either way each image is decoded once,
+checked, resized and re-encoded the way img2dataset does it.
+
+Every metadata row gets one images row: `ok`, or `error` with a reason. Errors are
+mirrored into `rejects` (stage `download`). Work is committed in chunks, so a crash
+loses at most one chunk, and a re-run fetches only rows that are missing or failed with
+a retryable error.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+if __package__ in (None, ""):  # `spark-submit jobs/download.py` from a checkout
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.config import Config, DownloadConfig
+from jobs.lake import Lake
+
+STAGE = "download"
+SOURCES = ("http", "webdataset", "parquet")
+
+IMAGES_SCHEMA = T.StructType(
+    [
+        T.StructField("sample_id", T.LongType(), False),
+        T.StructField("url", T.StringType(), True),
+        T.StructField("image", T.BinaryType(), True),
+        T.StructField("format", T.StringType(), True),
+        T.StructField("width", T.IntegerType(), True),
+        T.StructField("height", T.IntegerType(), True),
+        T.StructField("original_width", T.IntegerType(), True),
+        T.StructField("original_height", T.IntegerType(), True),
+        T.StructField("sha256", T.StringType(), True),  # of the original downloaded bytes
+        T.StructField("status", T.StringType(), False),  # ok | error
+        T.StructField("error", T.StringType(), True),
+        T.StructField("retryable", T.BooleanType(), True),
+        T.StructField("attempts", T.IntegerType(), True),
+        T.StructField("source", T.StringType(), True),  # http | webdataset | parquet
+    ]
+)
+TABLE_SCHEMA = T.StructType(
+    [*IMAGES_SCHEMA.fields, T.StructField("fetched_at", T.TimestampType(), True)]
+)
+
+
+@dataclass
+class DownloadReport:
+    pending: int = 0
+    chunks: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def fetch_settings(cfg: DownloadConfig):
+    from udfs.fetch import FetchSettings
+
+    return FetchSettings(
+        timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
+        max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, user_agent=cfg.user_agent,
+        disallowed_header_directives=tuple(cfg.disallowed_header_directives),
+        allow_private=cfg.allow_private, allowed_networks=tuple(cfg.allowed_networks),
+        pool_maxsize=max(16, cfg.concurrency),
+    )
+
+
+def image_settings(cfg: DownloadConfig):
+    from udfs.images import ImageSettings
+    from udfs.resize import ResizeSettings
+
+    resize = ResizeSettings(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode,
+        resize_only_if_bigger=cfg.resize_only_if_bigger, min_image_size=cfg.min_image_size,
+        max_aspect_ratio=cfg.max_aspect_ratio, encode_format=cfg.encode_format,
+        encode_quality=cfg.encode_quality,
+    )
+    return ImageSettings(resize=resize, max_pixels=cfg.max_pixels)
+
+
+def pending(metadata: DataFrame, images: DataFrame) -> DataFrame:
+    """Metadata rows without a final images row (ok, or an error not worth retrying)."""
+    done = images.where((F.col("status") == "ok") | ~F.coalesce("retryable", F.lit(False)))
+    return metadata.select("sample_id", "url").join(
+        done.select("sample_id"), on="sample_id", how="left_anti"
+    )
+
+
+def fetch_http(todo: DataFrame, cfg: DownloadConfig) -> DataFrame:
+    from udfs.images import download_batches
+
+    fetch, settings, concurrency = fetch_settings(cfg), image_settings(cfg), cfg.concurrency
+
+    def body(batches):
+        return download_batches(batches, fetch, settings, concurrency)
+
+    parts = cfg.partitions or todo.sparkSession.sparkContext.defaultParallelism
+    return todo.repartition(parts).mapInPandas(body, schema=IMAGES_SCHEMA)
+
+
+def shard_members(spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
+    """img2dataset output as rows (url, sample_id, image); one row per URL/id."""
+    if not cfg.shards:
+        raise ValueError(f"download.source={cfg.source} needs download.shards (a folder)")
+    if cfg.source == "webdataset":
+        from udfs.images import tar_batches
+
+        tars = (spark.read.format("binaryFile").option("pathGlobFilter", "*.tar")
+                .option("recursiveFileLookup", "true").load(cfg.shards))
+        schema = ("key string, shard string, url string, sample_id long, image binary, "
+                  "shard_error string")
+        members = tars.select("path", "content").mapInPandas(tar_batches, schema=schema)
+        members = members.where(F.col("shard_error").isNull())
+    else:
+        df = spark.read.option("recursiveFileLookup", "true").parquet(cfg.shards)
+        by_lower = {c.lower(): c for c in df.columns}
+        image_cols = [F.col(by_lower[c]) for c in ("jpg", "png", "webp") if c in by_lower]
+        if not image_cols:
+            raise ValueError(f"{cfg.shards}: no jpg/png/webp column; not img2dataset parquet")
+        sid = by_lower.get("sample_id")
+        members = df.select(
+            F.col(by_lower.get("key", "url")).cast("string").alias("key"),
+            F.col(by_lower["url"]).alias("url"),
+            (F.col(sid).cast("long") if sid else F.lit(None).cast("long")).alias("sample_id"),
+            F.coalesce(*image_cols).alias("image"),
+        )
+    members = members.where(F.col("image").isNotNull())
+    match = "url" if cfg.match_by == "url" else "sample_id"
+    first = F.row_number().over(Window.partitionBy(match).orderBy("key"))
+    return members.where(F.col(match).isNotNull()).withColumn("_n", first).where("_n = 1")
+
+
+def read_shards(todo: DataFrame, spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
+    from udfs.images import encode_batches
+
+    if cfg.match_by not in ("url", "sample_id"):
+        raise ValueError(f"download.match_by must be url or sample_id, got {cfg.match_by!r}")
+    members = shard_members(spark, cfg).select(cfg.match_by, F.col("image").alias("data"))
+    joined = todo.join(members, on=cfg.match_by, how="left").select(
+        "sample_id", "url", "data",
+        F.when(F.col("data").isNull(), F.lit("not_in_shards")).alias("missing_reason"),
+    )
+    settings, source = image_settings(cfg), cfg.source
+
+    def body(batches):
+        return encode_batches(batches, settings, source)
+
+    return joined.mapInPandas(body, schema=IMAGES_SCHEMA)
+
+
+def refresh_rejects(lake: Lake) -> None:
+    """Make the `download` rejects exactly the images rows in error (one atomic commit)."""
+    errors = lake.read("images").where(F.col("status") == "error").select(
+        F.lit(STAGE).alias("stage"),
+        F.col("error").alias("reason"),
+        F.col("sample_id").cast("string").alias("reject_key"),
+        "sample_id",
+        F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
+                 F.lit(" attempts="), F.col("attempts").cast("string")).alias("detail"),
+        F.to_json(F.struct("url", "source", "original_width", "original_height")).alias(
+            "record"),
+    )
+    lake.replace_rejects(STAGE, errors)
+
+
+def run(spark: SparkSession, cfg: Config) -> DownloadReport:
+    dl = cfg.download
+    if dl.source not in SOURCES:
+        raise ValueError(f"download.source must be one of {SOURCES}, got {dl.source!r}")
+    image_settings(dl)  # validate resize settings on the driver, before any task runs
+    lake = Lake(spark, cfg)
+    lake.ensure("images", TABLE_SCHEMA)
+    images = lake.read("images", version=lake.version("images"))
+    todo = pending(lake.read("metadata"), images)
+    report = DownloadReport(pending=todo.count())
+    report.chunks = max(1, math.ceil(report.pending / max(1, dl.rows_per_commit)))
+    for chunk in range(report.chunks if report.pending else 0):
+        part = todo
+        if report.chunks > 1:
+            part = todo.where(F.pmod(F.xxhash64("sample_id"), F.lit(report.chunks)) == chunk)
+        rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
+        rows = rows.withColumn("fetched_at", F.current_timestamp())
+        (
+            lake.delta("images").alias("t")
+            .merge(rows.alias("s"), "t.sample_id = s.sample_id")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    refresh_rejects(lake)
+    for row in lake.read("images").groupBy("status", "error").count().collect():
+        if row["status"] == "ok":
+            report.ok += row["count"]
+        else:
+            report.errors[row["error"]] = row["count"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["download", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
