@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
                {"--input": "ingest.input", "--family": "ingest.family"}),
     "download": ("fetch the images (or read img2dataset shards) -> Delta images table",
                  {"--source": "download.source", "--shards": "download.shards"}),
+    "score": ("OCR text spotting, CLIP score, aesthetics -> Delta scores table", {}),
     "demo": ("generate the sample and run the whole pipeline on it locally", {}),
 }
 
@@ -77,6 +78,12 @@ def _download(spark, cfg: Config) -> object:
     return run(spark, cfg)
 
 
+def _score(spark, cfg: Config) -> object:
+    from jobs.score import run
+
+    return run(spark, cfg)
+
+
 def _demo(cfg: Config) -> object:
     from jobs.demo import run_demo
 
@@ -87,6 +94,7 @@ RUNNERS: dict[str, Callable[[Config], object]] = {
     "sample": _sample,
     "ingest": _with_spark(_ingest),
     "download": _with_spark(_download),
+    "score": _with_spark(_score),
     "demo": _demo,
 }
 

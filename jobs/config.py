@@ -102,6 +102,33 @@ class DownloadConfig:
 
 
 @dataclass
+class ScoreConfig:
+    # Text spotting: a registered spotter (udfs.ocr.register_spotter) and its settings.
+    spotter: str = "rapidocr"
+    ocr_limit_side_len: int = 512
+    ocr_box_thresh: float = 0.6
+    recognize: str = "texted"  # none (detection only) | texted (read where boxes) | all
+    # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    # The aesthetic predictor reads CLIP ViT-L/14 image embeddings.
+    aesthetic_clip_model: str = "ViT-L-14"
+    aesthetic_clip_pretrained: str = "openai"
+    aesthetic_weights: str = ""  # path to sac+logos+ava1-l14-linearMSE.pth
+    # Randomly initialised CLIP/aesthetic weights: only for offline demos and tests.
+    random_init_ok: bool = False
+    # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
+    reuse_similarity: bool = False
+    reuse_aesthetic: bool = False
+    precision: str = "fp16"  # fp16 | bf16 | fp32 (CUDA only; CPU runs float32)
+    prefer_gpu: bool = True
+    batch_size: int = 64  # images per model call
+    arrow_batch_size: int = 512  # rows per Arrow batch handed to the Python worker
+    partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
+    rows_per_commit: int = 100_000
+
+
+@dataclass
 class SampleConfig:
     out: str = "data/sample"
     rows: int = 120
@@ -122,6 +149,7 @@ class Config:
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

@@ -13,7 +13,6 @@ a retryable error.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # `spark-submit jobs/download.py` from a checkout
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.chunks import chunk_count, chunks
 from jobs.config import Config, DownloadConfig
 from jobs.lake import Lake
 
@@ -183,20 +183,11 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     images = lake.read("images", version=lake.version("images"))
     todo = pending(lake.read("metadata"), images)
     report = DownloadReport(pending=todo.count())
-    report.chunks = max(1, math.ceil(report.pending / max(1, dl.rows_per_commit)))
-    for chunk in range(report.chunks if report.pending else 0):
-        part = todo
-        if report.chunks > 1:
-            part = todo.where(F.pmod(F.xxhash64("sample_id"), F.lit(report.chunks)) == chunk)
+    report.chunks = chunk_count(report.pending, dl.rows_per_commit)
+    for part in chunks(todo, report.chunks):
         rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
-        rows = rows.withColumn("fetched_at", F.current_timestamp())
-        (
-            lake.delta("images").alias("t")
-            .merge(rows.alias("s"), "t.sample_id = s.sample_id")
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        lake.upsert("images", rows.withColumn("fetched_at", F.current_timestamp()),
+                    on=["sample_id"])
     refresh_rejects(lake)
     for row in lake.read("images").groupBy("status", "error").count().collect():
         if row["status"] == "ok":

@@ -135,6 +135,23 @@ class Lake:
             .execute()
         )
 
+    def upsert(self, key: str, df: DataFrame, on: list[str]) -> None:
+        """Insert new rows and overwrite rows whose key exists (a retried row's new result)."""
+        cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
+        (
+            self.delta(key)
+            .alias("t")
+            .merge(df.alias("s"), cond)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    def set_properties(self, key: str, properties: dict[str, str]) -> None:
+        ref = self.register(key)
+        pairs = ", ".join(f"'{k}' = '{v.replace(chr(39), '')}'" for k, v in properties.items())
+        self.spark.sql(f"ALTER TABLE {ref.name} SET TBLPROPERTIES ({pairs})")
+
     def _conform_rejects(self, df: DataFrame) -> DataFrame:
         self.ensure("rejects", REJECTS_SCHEMA, partition_by=("stage",))
         cols = []

@@ -1,0 +1,176 @@
+"""`deparrot score`: images table -> scores Delta table (OCR, CLIP score, aesthetics).
+
+Runs the models in Python workers through an iterator pandas UDF (`mapInPandas`): each
+worker loads them once, on its task's GPU when there is one, and streams Arrow batches
+through them. Decode or model failures become `error` rows, mirrored into `rejects`
+(stage `score`); the stage never fails because of one image.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+if __package__ in (None, ""):  # `spark-submit jobs/score.py` from a checkout
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.chunks import chunk_count, chunks
+from jobs.config import Config, ScoreConfig
+from jobs.lake import Lake
+
+STAGE = "score"
+RANDOM_WARNING = (
+    "RANDOMLY INITIALISED CLIP/AESTHETIC WEIGHTS: clip_score and aesthetic_score in this "
+    "table are meaningless (score.random_init_ok=true). OCR results are real."
+)
+
+BOX = T.StructType([
+    T.StructField("polygon", T.ArrayType(T.ArrayType(T.FloatType())), True),
+    T.StructField("text", T.StringType(), True),
+    T.StructField("confidence", T.FloatType(), True),
+])
+SCORES_SCHEMA = T.StructType([
+    T.StructField("sample_id", T.LongType(), False),
+    T.StructField("status", T.StringType(), False),  # ok | error
+    T.StructField("error", T.StringType(), True),
+    T.StructField("ocr_box_count", T.IntegerType(), True),
+    T.StructField("ocr_text_area", T.DoubleType(), True),  # fraction of the image area
+    T.StructField("ocr_text", T.StringType(), True),  # recognised text, space-joined
+    T.StructField("ocr_boxes", T.ArrayType(BOX), True),
+    T.StructField("has_text", T.BooleanType(), True),
+    T.StructField("clip_score", T.DoubleType(), True),  # cosine(image, caption), ViT-B/32
+    T.StructField("clip_score_source", T.StringType(), True),  # computed | metadata
+    T.StructField("aesthetic_score", T.DoubleType(), True),
+    T.StructField("aesthetic_source", T.StringType(), True),
+    T.StructField("image_embedding", T.ArrayType(T.FloatType()), True),  # B/32, unit norm
+])
+TABLE_SCHEMA = T.StructType(
+    [*SCORES_SCHEMA.fields, T.StructField("scored_at", T.TimestampType(), True)]
+)
+
+
+@dataclass
+class ScoreReport:
+    pending: int = 0
+    chunks: int = 0
+    ok: int = 0
+    with_text: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    random_init: bool = False
+
+
+def score_settings(cfg: ScoreConfig):
+    from udfs.score import ScoreSettings
+
+    if cfg.recognize not in ("none", "texted", "all"):
+        raise ValueError(f"score.recognize must be none, texted or all, got {cfg.recognize!r}")
+    missing = random_parts(cfg)
+    if missing and not cfg.random_init_ok:
+        raise ValueError(
+            f"{', '.join(missing)} empty or 'random': refusing randomly initialised "
+            "weights. Give an open_clip pretrained tag or a checkpoint path, or set "
+            "score.random_init_ok=true for an offline demo (its scores mean nothing)."
+        )
+    options: tuple = ()
+    if cfg.spotter == "rapidocr":
+        options = (("det_limit_side_len", cfg.ocr_limit_side_len),
+                   ("box_thresh", cfg.ocr_box_thresh))
+    return ScoreSettings(
+        spotter=cfg.spotter, spotter_options=options, recognize=cfg.recognize,
+        clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained or None,
+        aesthetic_clip_model=cfg.aesthetic_clip_model,
+        aesthetic_clip_pretrained=cfg.aesthetic_clip_pretrained or None,
+        aesthetic_weights=cfg.aesthetic_weights or None, random_init_ok=cfg.random_init_ok,
+        precision=cfg.precision, prefer_gpu=cfg.prefer_gpu, batch_size=cfg.batch_size,
+        reuse_similarity=cfg.reuse_similarity, reuse_aesthetic=cfg.reuse_aesthetic,
+    )
+
+
+def random_parts(cfg: ScoreConfig) -> list[str]:
+    """Config keys that would give randomly initialised weights.
+
+    The aesthetic models count even with reuse_aesthetic: rows without a metadata score
+    are still computed.
+    """
+    given = {"score.clip_pretrained": cfg.clip_pretrained,
+             "score.aesthetic_clip_pretrained": cfg.aesthetic_clip_pretrained,
+             "score.aesthetic_weights": cfg.aesthetic_weights}
+    return [k for k, v in given.items() if v.strip().lower() in ("", "random", "none")]
+
+
+def uses_random_weights(cfg: ScoreConfig) -> bool:
+    return cfg.random_init_ok and bool(random_parts(cfg))
+
+
+def transform(inputs: DataFrame, cfg: ScoreConfig) -> DataFrame:
+    """(sample_id, image, text, similarity, aesthetic) rows -> SCORES_SCHEMA rows."""
+    from udfs.score import score_batches
+
+    settings = score_settings(cfg)
+
+    def body(batches):
+        return score_batches(batches, settings)
+
+    parts = cfg.partitions or inputs.sparkSession.sparkContext.defaultParallelism
+    return inputs.repartition(parts).mapInPandas(body, schema=SCORES_SCHEMA)
+
+
+def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFrame:
+    ok = images.where(F.col("status") == "ok").select("sample_id", "image")
+    return (
+        ok.join(scores.select("sample_id"), on="sample_id", how="left_anti")
+        .join(metadata.select("sample_id", "text", "similarity", "aesthetic"), on="sample_id")
+    )
+
+
+def run(spark: SparkSession, cfg: Config) -> ScoreReport:
+    sc = cfg.score
+    score_settings(sc)  # validate on the driver
+    report = ScoreReport(random_init=uses_random_weights(sc))
+    if report.random_init:
+        print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
+    lake = Lake(spark, cfg)
+    lake.ensure("scores", TABLE_SCHEMA)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
+    todo = pending(lake.read("images"), lake.read("metadata"),
+                   lake.read("scores", version=lake.version("scores")))
+    report.pending = todo.count()
+    report.chunks = chunk_count(report.pending, sc.rows_per_commit)
+    for part in chunks(todo, report.chunks):
+        rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
+        lake.insert_new("scores", rows, on=["sample_id"])
+    lake.set_properties("scores", {
+        "deparrot.clip_model": f"{sc.clip_model}:{sc.clip_pretrained or 'random'}",
+        "deparrot.aesthetic": f"{sc.aesthetic_clip_model}:"
+                              f"{sc.aesthetic_clip_pretrained or 'random'}"
+                              f"+{sc.aesthetic_weights or 'random'}",
+        "deparrot.random_init": str(report.random_init).lower(),
+        "deparrot.warning": RANDOM_WARNING if report.random_init else "",
+    })
+    errors = lake.read("scores").where(F.col("status") == "error").select(
+        F.lit(STAGE).alias("stage"), F.col("error").alias("reason"),
+        F.col("sample_id").cast("string").alias("reject_key"), "sample_id")
+    lake.replace_rejects(STAGE, errors)
+    for row in lake.read("scores").groupBy("status", "error", "has_text").count().collect():
+        if row["status"] == "ok":
+            report.ok += row["count"]
+            report.with_text += row["count"] if row["has_text"] else 0
+        else:
+            report.errors[row["error"]] = report.errors.get(row["error"], 0) + row["count"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["score", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

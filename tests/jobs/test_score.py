@@ -1,0 +1,110 @@
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import score
+from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
+from jobs.ingest import METADATA_SCHEMA
+from jobs.lake import Lake
+from jobs.sample import photo_image, text_image
+from udfs.clip_models import TINY_MODEL_NAME, save_random_checkpoint
+
+
+def _jpeg(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def scored_inputs(spark, cfg):
+    """Metadata and images tables with text images, plain photos and one corrupt file."""
+    rng = np.random.default_rng(3)
+    images = {
+        1: (_jpeg(text_image(rng, 256, "GRAND OPENING")), "GRAND OPENING poster", 0.33, 6.1),
+        2: (_jpeg(text_image(rng, 256, "FREE WIFI")), "FREE WIFI sign", None, None),
+        3: (_jpeg(photo_image(rng, 256)), "a photo of a red flower", 0.31, None),
+        4: (_jpeg(photo_image(rng, 256)), "a picture of a forest path", None, 4.9),
+        5: (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt bytes in the table", None, None),
+    }
+    lake = Lake(spark, cfg)
+    lake.ensure("metadata", METADATA_SCHEMA)
+    lake.ensure("images", IMAGES_TABLE)
+    meta = [(sid, f"http://x.example/{sid}.jpg", text, 256.0, 256.0, sim, aes, "laion400m",
+             "f", sid) for sid, (_, text, sim, aes) in images.items()]
+    spark.createDataFrame(
+        meta, "sample_id long, url string, text string, width double, height double, "
+              "similarity double, aesthetic double, family string, source_file string, "
+              "source_row long",
+    ).writeTo(lake.ref("metadata").name).append()
+    rows = [(sid, data, "ok") for sid, (data, *_rest) in images.items()]
+    spark.createDataFrame(rows, "sample_id long, image binary, status string") \
+        .writeTo(lake.ref("images").name).append()
+    return cfg
+
+
+def _score_cfg(cfg, tmp_path, **kw):
+    ckpt = save_random_checkpoint(TINY_MODEL_NAME, tmp_path / "b32.safetensors")
+    base = dict(clip_model=TINY_MODEL_NAME, clip_pretrained=ckpt,
+                aesthetic_clip_model=TINY_MODEL_NAME, aesthetic_clip_pretrained="random",
+                aesthetic_weights="", random_init_ok=True, batch_size=4, arrow_batch_size=8)
+    base.update(kw)
+    return dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, **base))
+
+
+def test_score_stage_through_spark(spark, scored_inputs, tmp_path):
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True)
+    report = score.run(spark, cfg)
+    assert report.pending == 5 and report.ok == 4
+    assert report.errors == {"decode:decode_error": 1}
+    assert report.random_init  # the aesthetic head is random: the run must say so
+
+    lake = Lake(spark, cfg)
+    got = {r["sample_id"]: r for r in lake.read("scores").collect()}
+    assert got[1]["has_text"] and got[2]["has_text"]
+    assert got[1]["ocr_box_count"] >= 1 and got[1]["ocr_text_area"] > 0
+    assert "OPENING" in got[1]["ocr_text"].upper()  # recognised where boxes were found
+    assert not got[3]["has_text"] and not got[4]["has_text"]
+    assert got[3]["ocr_text"] == "" and got[3]["ocr_boxes"] == []
+    # Reused metadata scores where present, computed ones elsewhere.
+    assert (got[1]["clip_score"], got[1]["clip_score_source"]) == (0.33, "metadata")
+    assert got[2]["clip_score_source"] == "computed" and -1 <= got[2]["clip_score"] <= 1
+    assert (got[4]["aesthetic_score"], got[4]["aesthetic_source"]) == (4.9, "metadata")
+    assert got[3]["aesthetic_source"] == "computed"
+    emb = np.array(got[3]["image_embedding"])
+    assert emb.shape == (32,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    rejects = lake.read("rejects").where("stage = 'score'").collect()
+    assert [(r["sample_id"], r["reason"]) for r in rejects] == [(5, "decode:decode_error")]
+    props = {r["key"]: r["value"] for r in
+             spark.sql(f"SHOW TBLPROPERTIES {lake.ref('scores').name}").collect()}
+    assert props["deparrot.random_init"] == "true" and "meaningless" in props["deparrot.warning"]
+
+    again = score.run(spark, cfg)  # nothing left to do; nothing duplicated
+    assert again.pending == 0 and lake.read("scores").count() == 5
+
+
+def test_embeddings_match_a_direct_model_call(spark, scored_inputs, tmp_path):
+    """The Spark path gives the same B/32 embeddings and scores as calling the model."""
+    from udfs.clip_models import clip_scores, encode_images, encode_texts, load_clip
+    from udfs.decode import decode_image
+
+    cfg = _score_cfg(scored_inputs, tmp_path, recognize="none")
+    score.run(spark, cfg)
+    lake = Lake(spark, cfg)
+    row = lake.read("scores").where(F.col("sample_id") == 4).first()
+    image = lake.read("images").where(F.col("sample_id") == 4).first()["image"]
+    bundle = load_clip(TINY_MODEL_NAME, cfg.score.clip_pretrained, "cpu", "fp32")
+    arr = np.asarray(decode_image(image).image)
+    emb = encode_images(bundle, [arr])
+    txt = encode_texts(bundle, ["a picture of a forest path"])
+    np.testing.assert_allclose(row["image_embedding"], emb[0], atol=1e-5)
+    assert row["clip_score"] == pytest.approx(float(clip_scores(emb, txt)[0]), abs=1e-5)
+
+
+def test_random_weights_are_refused_unless_allowed(spark, scored_inputs, tmp_path):
+    cfg = _score_cfg(scored_inputs, tmp_path, random_init_ok=False)
+    with pytest.raises(Exception, match="random"):
+        score.run(spark, cfg)
