@@ -22,6 +22,12 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
     "download": ("fetch the images (or read img2dataset shards) -> Delta images table",
                  {"--source": "download.source", "--shards": "download.shards"}),
     "score": ("OCR text spotting, CLIP score, aesthetics -> Delta scores table", {}),
+    "cluster-train": ("PCA + faiss k-means on a sample of B/32 image embeddings", {}),
+    "cluster-assign": ("nearest centroid (kmeans) for every scored row", {}),
+    "dedup": ("exact and near-duplicate removal within clusters", {}),
+    "publish": ("apply the recipe; write the subset partition by partition", {}),
+    "run": ("the whole pipeline, skipping stages whose output is complete",
+            {"--input": "ingest.input"}),
     "demo": ("generate the sample and run the whole pipeline on it locally", {}),
 }
 
@@ -84,6 +90,36 @@ def _score(spark, cfg: Config) -> object:
     return run(spark, cfg)
 
 
+def _cluster_train(spark, cfg: Config) -> object:
+    from jobs.cluster import train
+
+    return train(spark, cfg)
+
+
+def _cluster_assign(spark, cfg: Config) -> object:
+    from jobs.cluster import assign
+
+    return assign(spark, cfg)
+
+
+def _dedup(spark, cfg: Config) -> object:
+    from jobs.dedup import run
+
+    return run(spark, cfg)
+
+
+def _publish(spark, cfg: Config) -> object:
+    from jobs.publish import run
+
+    return run(spark, cfg)
+
+
+def _pipeline(spark, cfg: Config) -> object:
+    from jobs.pipeline import run
+
+    return run(spark, cfg)
+
+
 def _demo(cfg: Config) -> object:
     from jobs.demo import run_demo
 
@@ -95,6 +131,11 @@ RUNNERS: dict[str, Callable[[Config], object]] = {
     "ingest": _with_spark(_ingest),
     "download": _with_spark(_download),
     "score": _with_spark(_score),
+    "cluster-train": _with_spark(_cluster_train),
+    "cluster-assign": _with_spark(_cluster_assign),
+    "dedup": _with_spark(_dedup),
+    "publish": _with_spark(_publish),
+    "run": _with_spark(_pipeline),
     "demo": _demo,
 }
 

@@ -129,6 +129,47 @@ class ScoreConfig:
 
 
 @dataclass
+class ClusterConfig:
+    # Folder with pca.npz, centroids.npy and manifest.json (written by cluster-train).
+    artifacts: str = "data/clusters"
+    # Or the paper's published files: pca.joblib (a pickle: needs trust_pickle) or a .npz
+    # converted once, and centroids.npy (4000 x 256 float32). Both set = use them.
+    published_pca: str = ""
+    published_centroids: str = ""
+    trust_pickle: bool = False
+    pca_dim: int = 256
+    k: int = 4000
+    niter: int = 300
+    nredo: int = 10
+    seed: int = 42
+    min_points_per_centroid: int = 10_000
+    max_points_per_centroid: int = 200_000
+    sample_size: int = 1_000_000  # embeddings drawn with Spark for training
+    use_gpu: bool = True  # faiss on GPU when one is present
+    faiss_threads: int = 1  # per Python worker; Spark already runs one task per core
+
+
+@dataclass
+class RecipeConfig:
+    """The paper's filters and dedup; publish keeps rows that pass every one."""
+
+    max_text_boxes: int = 0  # "Empty OCR results"
+    min_clip_score: float = 0.3  # strictly greater than
+    min_aesthetic: float = 4.5  # strictly greater than
+    dedup_threshold: float = 0.95  # cosine of B/32 image embeddings within a cluster
+    dedup_block_size: int = 4096
+    dedup_by_url: bool = True
+    dedup_by_image_hash: bool = True
+
+
+@dataclass
+class PublishConfig:
+    # The subset is partitioned by `part` = kmeans // clusters_per_partition; each
+    # partition is one Delta commit.
+    clusters_per_partition: int = 100
+
+
+@dataclass
 class SampleConfig:
     out: str = "data/sample"
     rows: int = 120
@@ -150,6 +191,9 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

@@ -1,12 +1,19 @@
 """`deparrot demo`: the README's main job on the embedded local default.
 
-Generates the sample, runs the pipeline on it with local Spark and Delta tables in a
-local folder, then prints where the result is and a SQL query over it.
+Generates the sample, serves its images from a local HTTP server, runs the whole
+pipeline (`deparrot run`) with local Spark and Delta tables in a local folder, then
+prints where the result is and SQL queries over it. It starts from a clean folder each
+time (only its own `storage.root`, `sample.out` and `cluster.artifacts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import shutil
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from jobs.config import Config
@@ -14,34 +21,56 @@ from jobs.sample import generate
 from jobs.session import spark_session
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def serve(directory: Path):
+    """Serve `directory` on 127.0.0.1 (a free port) for the length of the block."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def run_demo(cfg: Config) -> None:
-    sample = generate(cfg.sample)
-    print(f"sample: {sample.rows} rows in {sample.out}: {sample.kinds}")
-    cfg = dataclasses.replace(
-        cfg, ingest=dataclasses.replace(cfg.ingest, input=str(sample.out / "metadata"))
-    )
-    from jobs import ingest
+    from jobs import pipeline
     from jobs.lake import Lake
 
-    with spark_session(cfg.spark) as spark:
-        spark.sparkContext.setLogLevel("ERROR")
-        report = ingest.run(spark, cfg)
-        print(f"ingest: {report.input_rows} rows in, {report.kept} kept, "
-              f"{report.already_present} already present, rejected {report.rejected}")
-        lake = Lake(spark, cfg)
-        table = lake.register("metadata")
-        rejects = lake.register("rejects")
-        where = table.path or table.name
-        print(f"\nresult: Delta table {table.name} at {Path(where)}")
-        query = (
-            f"SELECT family, count(*) AS rows, round(avg(similarity), 3) AS avg_similarity "
-            f"FROM {table.name} GROUP BY family"
-        )
-        print(f"spark.sql> {query}")
-        spark.sql(query).show(truncate=False)
-        query = (
-            f"SELECT stage, reason, count(*) AS rows FROM {rejects.name} "
-            f"GROUP BY stage, reason ORDER BY stage, reason"
-        )
-        print(f"spark.sql> {query}")
-        spark.sql(query).show(truncate=False)
+    for folder in (cfg.storage.root, cfg.sample.out, cfg.cluster.artifacts):
+        if folder and Path(folder).exists():
+            shutil.rmtree(folder)
+    out = Path(cfg.sample.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with serve(out) as base_url:
+        sample = generate(dataclasses.replace(cfg.sample, base_url=base_url))
+        print(f"sample: {sample.rows} rows in {sample.out}, served at {base_url}: "
+              f"{sample.kinds}")
+        cfg = dataclasses.replace(
+            cfg, ingest=dataclasses.replace(cfg.ingest, input=str(sample.out / "metadata")))
+        with spark_session(cfg.spark) as spark:
+            spark.sparkContext.setLogLevel("ERROR")
+            pipeline.run(spark, cfg)
+            lake = Lake(spark, cfg)
+            subset, rejects = lake.register("subset"), lake.register("rejects")
+            print(f"\nresult: Delta table {subset.name} at {subset.path or subset.name}")
+            queries = [
+                f"SELECT kmeans, count(*) AS rows, round(avg(similarity), 3) AS clip_score, "
+                f"round(avg(ase_scores), 2) AS aesthetic FROM {subset.name} "
+                f"GROUP BY kmeans ORDER BY kmeans",
+                f"SELECT stage, reason, count(*) AS rows FROM {rejects.name} "
+                f"GROUP BY stage, reason ORDER BY stage, reason",
+                f"SELECT (SELECT count(*) FROM {subset.name}) AS subset_rows, "
+                f"(SELECT count(*) FROM {rejects.name}) AS rejected_rows",
+            ]
+            for query in queries:
+                print(f"spark.sql> {query}")
+                spark.sql(query).show(truncate=False)
+            print(f"input rows: {sample.rows} = subset + rejected (every row accounted for)")

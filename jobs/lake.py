@@ -147,6 +147,23 @@ class Lake:
             .execute()
         )
 
+    def replace_where(self, key: str, df: DataFrame, condition: str,
+                      user_metadata: str | None = None) -> None:
+        """Atomically replace the rows matching `condition` by `df` (one commit)."""
+        ref = self.register(key)
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+        if user_metadata is not None:
+            writer = writer.option("userMetadata", user_metadata)
+        if ref.path is not None:
+            writer.save(ref.path)
+        else:
+            writer.saveAsTable(ref.name)
+
+    def properties(self, key: str) -> dict[str, str]:
+        ref = self.register(key)
+        rows = self.spark.sql(f"SHOW TBLPROPERTIES {ref.name}").collect()
+        return {r["key"]: r["value"] for r in rows}
+
     def set_properties(self, key: str, properties: dict[str, str]) -> None:
         ref = self.register(key)
         pairs = ", ".join(f"'{k}' = '{v.replace(chr(39), '')}'" for k, v in properties.items())

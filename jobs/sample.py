@@ -37,6 +37,8 @@ LAION400M_SCHEMA = pa.schema(
         ("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TEXT", pa.string()),
         ("HEIGHT", pa.float64()), ("WIDTH", pa.float64()), ("LICENSE", pa.string()),
         ("NSFW", pa.string()), ("similarity", pa.float64()),
+        # As in LAION's aesthetic releases; lets an offline demo reuse it (score.reuse_aesthetic).
+        ("aesthetic", pa.float64()),
     ]
 )
 
@@ -164,6 +166,7 @@ def generate(cfg: SampleConfig) -> SampleSummary:
             "SAMPLE_ID": sample_id, "URL": url, "TEXT": text, "HEIGHT": float(size),
             "WIDTH": float(size), "LICENSE": "?", "NSFW": "UNLIKELY",
             "similarity": float(np.round(rng.uniform(0.28, 0.42), 6)),
+            "aesthetic": float(np.round(rng.uniform(4.2, 6.5), 4)),
         }
         if kind.startswith("invalid:"):
             _break_record(record, kind.split(":", 1)[1], records)
@@ -216,6 +219,7 @@ def metadata_table(rows: int, seed: int = 0, start_id: int = 0) -> pa.Table:
             "SAMPLE_ID": ids, "URL": url.astype(object), "TEXT": text.astype(object),
             "HEIGHT": side[0], "WIDTH": side[1], "LICENSE": pa.array(["?"] * rows),
             "NSFW": pa.array(["UNLIKELY"] * rows), "similarity": sim,
+            "aesthetic": rng.uniform(4.0, 7.0, rows),
         },
         schema=LAION400M_SCHEMA,
     )

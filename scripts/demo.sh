@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/deparrot demo --config conf/local.yaml "$@"
+exec .venv/bin/deparrot demo --config conf/demo.yaml "$@"

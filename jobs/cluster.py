@@ -1,0 +1,139 @@
+"""`deparrot cluster-train` and `deparrot cluster-assign`.
+
+Train: PCA to 256 dims then faiss k-means on a Spark-drawn sample of ViT-B/32 image
+embeddings (the only thing collected to the driver, bounded by cluster.sample_size).
+Assign: the PCA matrix and centroids are broadcast once as bytes (not Python objects);
+each Python worker builds its faiss index once and labels every row with its nearest
+centroid (`kmeans`) and the squared L2 distance to it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+if __package__ in (None, ""):  # `spark-submit jobs/cluster.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.config import ClusterConfig, Config
+from jobs.lake import Lake
+
+CLUSTERS_SCHEMA = T.StructType([
+    T.StructField("sample_id", T.LongType(), False),
+    T.StructField("kmeans", T.LongType(), False),
+    T.StructField("kmeans_distance", T.FloatType(), True),  # squared L2 in PCA space
+    T.StructField("centroids_sha1", T.StringType(), False),  # which artifacts labelled it
+])
+
+
+@dataclass
+class TrainReport:
+    artifacts: str
+    sample_size: int
+    k: int
+    pca_dim: int
+
+
+@dataclass
+class AssignReport:
+    assigned: int
+    centroids_sha1: str
+    clusters_used: int
+
+
+def published(cfg: ClusterConfig) -> bool:
+    return bool(cfg.published_pca and cfg.published_centroids)
+
+
+def load(cfg: ClusterConfig):
+    """The artifacts to assign with: the published pair when configured, else ours."""
+    from udfs import clustering
+
+    if published(cfg):
+        return clustering.load_published(cfg.published_pca, cfg.published_centroids,
+                                         trust_pickle=cfg.trust_pickle)
+    if not (Path(cfg.artifacts) / "centroids.npy").is_file():
+        raise FileNotFoundError(
+            f"no cluster artifacts in {cfg.artifacts}: run `deparrot cluster-train` or set "
+            "cluster.published_pca and cluster.published_centroids"
+        )
+    return clustering.load_artifacts(cfg.artifacts)
+
+
+def embeddings(lake: Lake) -> DataFrame:
+    return lake.read("scores").where(F.col("status") == "ok").select(
+        "sample_id", "image_embedding")
+
+
+def draw_sample(df: DataFrame, size: int, seed: int) -> np.ndarray:
+    """A uniform sample of at most `size` embeddings, collected as one float32 matrix."""
+    total = df.count()
+    if total == 0:
+        raise ValueError("no scored embeddings to train on: run `deparrot score` first")
+    fraction = min(1.0, 1.1 * size / total)
+    picked = df.sample(fraction=fraction, seed=seed).limit(size) if fraction < 1 else df
+    table = picked.select("image_embedding").toArrow()
+    return np.asarray(table.column(0).to_pylist(), dtype=np.float32)
+
+
+def train(spark: SparkSession, cfg: Config) -> TrainReport:
+    from udfs import clustering
+
+    c = cfg.cluster
+    x = draw_sample(embeddings(Lake(spark, cfg)), c.sample_size, c.seed)
+    art = clustering.train_artifacts(
+        x, pca_dim=c.pca_dim, k=c.k, niter=c.niter, nredo=c.nredo, seed=c.seed,
+        min_points_per_centroid=c.min_points_per_centroid,
+        max_points_per_centroid=c.max_points_per_centroid,
+        use_gpu=None if c.use_gpu else False,
+        embedding_model=f"{cfg.score.clip_model}:{cfg.score.clip_pretrained}",
+    )
+    clustering.save_artifacts(art, c.artifacts)
+    return TrainReport(artifacts=str(Path(c.artifacts).resolve()), sample_size=len(x), k=art.k,
+                       pca_dim=art.pca_dim)
+
+
+def transform(df: DataFrame, blob, faiss_threads: int) -> DataFrame:
+    """(sample_id, image_embedding) -> CLUSTERS_SCHEMA, with `blob` a broadcast of bytes."""
+    from udfs.cluster_assign import assign_batches
+
+    def body(batches):
+        return assign_batches(batches, blob.value, faiss_threads)
+
+    return df.mapInPandas(body, schema=CLUSTERS_SCHEMA)
+
+
+def assign(spark: SparkSession, cfg: Config) -> AssignReport:
+    from udfs import clustering
+
+    art = load(cfg.cluster)
+    lake = Lake(spark, cfg)
+    lake.ensure("clusters", CLUSTERS_SCHEMA)
+    blob = spark.sparkContext.broadcast(clustering.serialize_artifacts(art))
+    current = lake.read("clusters", version=lake.version("clusters")).where(
+        F.col("centroids_sha1") == art.fingerprint)
+    todo = embeddings(lake).join(current.select("sample_id"), "sample_id", "left_anti")
+    lake.upsert("clusters", transform(todo, blob, cfg.cluster.faiss_threads), on=["sample_id"])
+    blob.unpersist()
+    done = lake.read("clusters").where(F.col("centroids_sha1") == art.fingerprint)
+    stats = done.agg(F.count("*").alias("n"), F.countDistinct("kmeans").alias("k")).first()
+    return AssignReport(assigned=stats["n"], centroids_sha1=art.fingerprint,
+                        clusters_used=stats["k"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import main as cli_main
+
+    args = sys.argv[1:] if argv is None else argv
+    command = "cluster-train" if args[:1] == ["train"] else "cluster-assign"
+    return cli_main([command, *(args[1:] if args[:1] in (["train"], ["assign"]) else args)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""cluster-assign, dedup and publish through Spark on synthetic scored rows."""
+
+import dataclasses
+
+import joblib
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import cluster, dedup, publish
+from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
+from jobs.ingest import METADATA_SCHEMA
+from jobs.lake import Lake
+from jobs.score import TABLE_SCHEMA as SCORES_TABLE
+
+DIM = 16
+
+
+def _unit(v):
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _rows():
+    """40 rows: 4 near-duplicate groups of 3, one exact URL pair, one exact image pair,
+    rows failing each filter, the rest distinct."""
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(40, DIM)))
+    rows = []
+    for i in range(40):
+        rows.append(dict(sample_id=100 + i, url=f"http://x.example/{i}", sha="h%d" % i,
+                         boxes=0, clip=0.32 + 0.001 * i, aes=5.0, emb=emb[i]))
+    for g in range(4):  # rows 4g..4g+2 are near-duplicates of row 4g
+        for j in (1, 2):
+            rows[4 * g + j]["emb"] = _unit(emb[4 * g] + 0.01 * rng.normal(size=DIM))
+    rows[20]["url"] = rows[21]["url"]  # exact URL duplicates: 21 has the higher clip score
+    rows[22]["sha"] = rows[23]["sha"]  # same image bytes: 23 wins on clip score
+    rows[24]["boxes"] = 2  # text found
+    rows[25]["clip"] = 0.3  # not > 0.3
+    rows[26]["aes"] = 4.5  # not > 4.5
+    rows[27]["clip"] = 0.9  # a near-duplicate of group 0 with the best clip score
+    rows[27]["emb"] = _unit(emb[0] + 0.01 * rng.normal(size=DIM))
+    return rows
+
+
+@pytest.fixture
+def scored(spark, cfg):
+    lake = Lake(spark, cfg)
+    for key, schema in (("metadata", METADATA_SCHEMA), ("images", IMAGES_TABLE),
+                        ("scores", SCORES_TABLE)):
+        lake.ensure(key, schema)
+    rows = _rows()
+    spark.createDataFrame(
+        [(r["sample_id"], r["url"], f"caption {r['sample_id']}", 64.0, 48.0, "?", "UNLIKELY",
+          "laion400m", "f", r["sample_id"]) for r in rows],
+        "sample_id long, url string, text string, width double, height double, "
+        "license string, nsfw string, family string, source_file string, source_row long",
+    ).writeTo(lake.ref("metadata").name).append()
+    spark.createDataFrame([(r["sample_id"], "ok", r["sha"]) for r in rows],
+                          "sample_id long, status string, sha256 string") \
+        .writeTo(lake.ref("images").name).append()
+    spark.createDataFrame(
+        [(r["sample_id"], "ok", r["boxes"], r["clip"], r["aes"], r["emb"].tolist())
+         for r in rows],
+        "sample_id long, status string, ocr_box_count int, clip_score double, "
+        "aesthetic_score double, image_embedding array<float>",
+    ).writeTo(lake.ref("scores").name).append()
+    c = dataclasses.replace(cfg.cluster, artifacts=str(cfg.storage.root) + "/../clusters",
+                            pca_dim=8, k=3, niter=10, nredo=1, min_points_per_centroid=1,
+                            max_points_per_centroid=1000, sample_size=1000)
+    return dataclasses.replace(cfg, cluster=c, publish=dataclasses.replace(
+        cfg.publish, clusters_per_partition=1))
+
+
+def test_assign_equals_direct_faiss_search(spark, scored):
+    import faiss
+
+    from udfs.clustering import load_artifacts
+
+    train = cluster.train(spark, scored)
+    assert (train.k, train.pca_dim, train.sample_size) == (3, 8, 40)
+    report = cluster.assign(spark, scored)
+    assert report.assigned == 40
+
+    art = load_artifacts(scored.cluster.artifacts)
+    embs = {r["sample_id"]: r["emb"] for r in _rows()}
+    ids = sorted(embs)
+    x = art.project(np.stack([embs[i] for i in ids]))
+    index = faiss.IndexFlatL2(art.pca_dim)
+    index.add(art.centroids)
+    dist, labels = index.search(x, 1)
+    got = {r["sample_id"]: r for r in Lake(spark, scored).read("clusters").collect()}
+    assert [got[i]["kmeans"] for i in ids] == labels[:, 0].tolist()
+    np.testing.assert_allclose([got[i]["kmeans_distance"] for i in ids], dist[:, 0],
+                               rtol=1e-4, atol=1e-5)
+    again = cluster.assign(spark, scored)  # same artifacts: nothing re-labelled or added
+    assert again.assigned == 40 and Lake(spark, scored).read("clusters").count() == 40
+
+
+def test_dedup_keeps_one_per_group_and_publish_survives_a_crash(spark, scored, monkeypatch):
+    cluster.train(spark, scored)
+    cluster.assign(spark, scored)
+    report = dedup.run(spark, scored)
+    lake = Lake(spark, scored)
+    rows = {r["sample_id"]: r for r in lake.read("dedup").collect()}
+    # Candidates are the rows passing the filters: 40 minus text, low clip, low aesthetic.
+    assert report.candidates == 37
+    assert rows[121]["kept"] and rows[120]["reason"] == "duplicate_url"
+    assert rows[120]["duplicate_of"] == 121
+    assert rows[123]["kept"] and rows[122]["reason"] == "duplicate_image"
+    # Group 0 (100, 101, 102, 127): 127 has the best clip score and is the one kept.
+    assert rows[127]["kept"]
+    assert all(rows[i]["reason"] == "near_duplicate" and rows[i]["duplicate_of"] == 127
+               for i in (100, 101, 102))
+    for g in (1, 2, 3):
+        group = [100 + 4 * g + j for j in range(3)]
+        assert [rows[i]["kept"] for i in group] == [False, False, True]  # best clip score
+    distinct = [i for i in range(100, 140) if i % 4 == 3 and i not in (123, 127)
+                and i < 116] + list(range(128, 140))
+    assert all(rows[i]["kept"] for i in distinct)  # no distinct row dropped
+    assert dedup.run(spark, scored).skipped  # same inputs: nothing to redo
+
+    # Publish, crashing after the first partition commit.
+    real = publish.write_partition
+    calls = []
+
+    def crash_after_one(*args, **kwargs):
+        if calls:
+            raise RuntimeError("simulated crash")
+        calls.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(publish, "write_partition", crash_after_one)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        publish.run(spark, scored)
+    first = lake.read("subset").collect()
+    assert len(first) > 0  # the finished partition survived
+    monkeypatch.setattr(publish, "write_partition", real)
+    resumed = publish.run(spark, scored)
+    assert resumed.partitions_written == resumed.partitions - 1  # the done one is skipped
+    table = sorted(tuple(r) for r in lake.read("subset").collect())
+
+    # A clean run in another schema gives the same table.
+    clean = dataclasses.replace(
+        scored, storage=dataclasses.replace(scored.storage, schema=scored.storage.schema + "_c"))
+    publish.run(spark, clean)
+    assert sorted(tuple(r) for r in Lake(spark, clean).read("subset").collect()) == table
+
+    # The subset: dataset card columns and types, the accounting, SQL by name.
+    subset = lake.read("subset")
+    assert [(f.name, f.dataType.simpleString()) for f in subset.schema.fields] == [
+        ("SAMPLE_ID", "bigint"), ("URL", "string"), ("TEXT", "string"), ("HEIGHT", "double"),
+        ("WIDTH", "double"), ("LICENSE", "string"), ("NSFW", "string"),
+        ("similarity", "double"), ("ase_scores", "double"), ("kmeans", "bigint"),
+        ("part", "int")]
+    kept = {r["SAMPLE_ID"] for r in subset.collect()}
+    rejected = {r["sample_id"]: r["reason"] for r in
+                lake.read("rejects").where(F.col("stage") == "publish").collect()}
+    assert kept.isdisjoint(rejected) and len(kept) + len(rejected) == 40
+    assert (rejected[124], rejected[125], rejected[126]) == (
+        "text_found", "low_clip_score", "low_aesthetic")
+    assert kept == {i for i, r in rows.items() if r["kept"]}
+    name = lake.ref("subset").name
+    assert spark.sql(f"SELECT count(*) AS n FROM {name}").first()["n"] == len(kept)
+
+
+def test_published_joblib_pca_needs_the_trust_flag(scored, tmp_path):
+    from sklearn.decomposition import IncrementalPCA
+
+    x = np.random.default_rng(1).normal(size=(64, DIM)).astype(np.float32)
+    pca = IncrementalPCA(n_components=8).fit(x)
+    joblib.dump(pca, tmp_path / "pca.joblib")
+    np.save(tmp_path / "centroids.npy", np.zeros((3, 8), dtype=np.float32))
+    c = dataclasses.replace(scored.cluster, published_pca=str(tmp_path / "pca.joblib"),
+                            published_centroids=str(tmp_path / "centroids.npy"))
+    with pytest.raises(Exception, match="cluster.trust_pickle"):
+        cluster.load(c)
+    art = cluster.load(dataclasses.replace(c, trust_pickle=True))
+    np.testing.assert_allclose(art.project(x), pca.transform(x), rtol=1e-4, atol=1e-5)
