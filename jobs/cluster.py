@@ -119,7 +119,9 @@ def assign(spark: SparkSession, cfg: Config) -> AssignReport:
     current = lake.read("clusters", version=lake.version("clusters")).where(
         F.col("centroids_sha1") == art.fingerprint)
     todo = embeddings(lake).join(current.select("sample_id"), "sample_id", "left_anti")
-    lake.upsert("clusters", transform(todo, blob, cfg.cluster.faiss_threads), on=["sample_id"])
+    if todo.limit(1).count():  # an empty MERGE would still commit a new table version
+        lake.upsert("clusters", transform(todo, blob, cfg.cluster.faiss_threads),
+                    on=["sample_id"])
     blob.unpersist()
     done = lake.read("clusters").where(F.col("centroids_sha1") == art.fingerprint)
     stats = done.agg(F.count("*").alias("n"), F.countDistinct("kmeans").alias("k")).first()

@@ -165,6 +165,11 @@ class Lake:
         return {r["key"]: r["value"] for r in rows}
 
     def set_properties(self, key: str, properties: dict[str, str]) -> None:
+        """Set table properties; no commit when they already hold these values."""
+        current = self.properties(key)
+        properties = {k: v.replace(chr(39), "") for k, v in properties.items()}
+        if all(current.get(k) == v for k, v in properties.items()):
+            return
         ref = self.register(key)
         pairs = ", ".join(f"'{k}' = '{v.replace(chr(39), '')}'" for k, v in properties.items())
         self.spark.sql(f"ALTER TABLE {ref.name} SET TBLPROPERTIES ({pairs})")

@@ -27,7 +27,7 @@ def _rows():
     emb = _unit(rng.normal(size=(40, DIM)))
     rows = []
     for i in range(40):
-        rows.append(dict(sample_id=100 + i, url=f"http://x.example/{i}", sha="h%d" % i,
+        rows.append(dict(sample_id=100 + i, url=f"http://x.example/{i}", sha=f"h{i}",
                          boxes=0, clip=0.32 + 0.001 * i, aes=5.0, emb=emb[i]))
     for g in range(4):  # rows 4g..4g+2 are near-duplicates of row 4g
         for j in (1, 2):

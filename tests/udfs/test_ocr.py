@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from udfs import ocr
+
+
+def _photo(seed: int, h: int = 300, w: int = 400, texture: str = "none") -> Image.Image:
+    """Gradient + blurred blobs + noise (+ stripes / grass): busy but text-free."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (xx / w + yy / h)[..., None] / 2
+    arr = rng.uniform(0, 255, 3) * (1 - t) + rng.uniform(0, 255, 3) * t
+    base = Image.fromarray(arr.astype(np.uint8))
+    blobs, mask = Image.new("RGB", (w, h)), Image.new("L", (w, h))
+    for _ in range(5):
+        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+        box = (x0, y0, x0 + rng.uniform(40, 200), y0 + rng.uniform(40, 200))
+        ImageDraw.Draw(blobs).ellipse(box, fill=tuple(int(v) for v in rng.uniform(0, 255, 3)))
+        ImageDraw.Draw(mask).ellipse(box, fill=220)
+    base = Image.composite(
+        blobs.filter(ImageFilter.GaussianBlur(6)), base, mask.filter(ImageFilter.GaussianBlur(6))
+    )
+    arr = np.asarray(base).astype(np.float32)
+    if texture == "stripes":
+        arr += 30 * np.sin(xx * 2 * np.pi / 9)[..., None]
+    elif texture == "grass":
+        streaks = Image.fromarray(rng.integers(0, 255, (h // 6, w), dtype=np.uint8)).resize((w, h))
+        arr += (np.asarray(streaks).astype(np.float32) - 128)[..., None] * 0.5
+    arr += rng.normal(0, 5, arr.shape)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def _with_text(img: Image.Image, text: str = "PARROT SALE 50%", size: int = 40) -> np.ndarray:
+    """Text straight on the background, black or white by the local brightness."""
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=size)
+    x0, y0, x1, y1 = draw.textbbox((20, 120), text, font=font)
+    local = np.asarray(img.convert("L"))[y0:y1, x0:x1].mean()
+    draw.text((20, 120), text, font=font, fill=(10, 10, 10) if local > 128 else (245, 245, 245))
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def spotter() -> ocr.TextSpotter:
+    return ocr.make_spotter("rapidocr")
+
+
+def _letters(text: str) -> set[str]:
+    return {c for c in text.upper() if c.isalpha()}
+
+
+def test_reads_text_on_white(spotter):
+    img = _with_text(Image.new("RGB", (400, 300), "white"))
+    (res,) = spotter.spot([img], recognize=True)
+    assert res.box_count >= 1
+    assert 0.0 < res.text_area_fraction < 0.5
+    assert "PARROT" in res.text.upper()
+    assert all(b.text for b in res.boxes) and all(0 < b.confidence <= 1 for b in res.boxes)
+
+
+def test_text_on_photo_detect_then_read(spotter):
+    img = _with_text(_photo(1))
+    det, rec = spotter.spot([img], recognize=False)[0], spotter.spot([img], recognize=True)[0]
+    assert det.box_count >= 1 and det.text_area_fraction > 0
+    assert det.text == "" and all(b.text is None for b in det.boxes)
+    assert rec.box_count >= 1
+    assert len(_letters(rec.text) & _letters("PARROT SALE")) >= 5
+
+
+def test_plain_photos_have_no_boxes(spotter):
+    plains = [
+        _photo(2),
+        _photo(3, texture="stripes"),
+        _photo(4, texture="grass"),
+        # Flat studio backdrop: the bundled detector's raw output covers it with one box.
+        np.full((300, 400, 3), 245, np.uint8),
+    ]
+    results = spotter.spot([np.asarray(p) for p in plains])
+    assert [r.box_count for r in results] == [0, 0, 0, 0]
+    assert all(r.text_area_fraction == 0.0 and r.text == "" for r in results)
+
+
+def test_real_photo_has_no_boxes(spotter):
+    spec = importlib.util.find_spec("sklearn")  # scikit-learn ships two real photos
+    path = Path(spec.origin).parent / "datasets/images/china.jpg" if spec else None
+    if path is None or not path.is_file():
+        pytest.skip("scikit-learn sample photo not installed")
+    photo = Image.open(path).convert("RGB").resize((384, 256))
+    (res,) = spotter.spot([np.asarray(photo)])
+    assert res.box_count == 0
+
+
+def test_batch_keeps_order_and_accepts_grey(spotter):
+    text = _with_text(Image.new("RGB", (400, 300), "white"))
+    grey = np.asarray(Image.fromarray(text).convert("L"))
+    results = spotter.spot([np.full((300, 400, 3), 128, np.uint8), grey, np.zeros((0, 0, 3))])
+    assert [r.box_count > 0 for r in results] == [False, True, False]
+    assert (results[1].image_height, results[1].image_width) == (300, 400)
+
+
+def test_engine_built_once_per_process(spotter):
+    assert ocr.make_spotter("rapidocr") is spotter
+    assert ocr.make_spotter("rapidocr", box_thresh=0.7) is not spotter
+    assert ocr.make_spotter("rapidocr", box_thresh=0.7) is ocr.make_spotter(
+        "rapidocr", box_thresh=0.7
+    )
+
+
+def test_registry_plugs_in_other_spotters():
+    class Dummy:
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def spot(self, images, recognize=False):
+            box = ocr.OcrBox([(0, 0), (4, 0), (4, 2), (0, 2)], self.label if recognize else None, 1)
+            return [ocr.OcrResult([box], 4, 4) for _ in images]
+
+    ocr.register_spotter("dummy", Dummy)
+    s = ocr.make_spotter("dummy", label="hi")
+    assert isinstance(s, ocr.TextSpotter)
+    (res,) = s.spot([np.zeros((4, 4, 3), np.uint8)], recognize=True)
+    assert res.text == "hi" and res.text_area_fraction == pytest.approx(0.5, abs=0.3)
+    assert "dummy" in ocr.available_spotters()
+    with pytest.raises(ValueError, match="registered"):
+        ocr.make_spotter("deepsolo-not-installed")
+
+
+def test_result_geometry():
+    a = [(0.0, 0.0), (50.0, 0.0), (50.0, 20.0), (0.0, 20.0)]
+    b = [(25.0, 0.0), (75.0, 0.0), (75.0, 20.0), (25.0, 20.0)]
+    assert ocr.polygon_area(a) == pytest.approx(1000.0)
+    res = ocr.OcrResult([ocr.OcrBox(a, "x", 0.9), ocr.OcrBox(b, None, 0.8)], 100, 100)
+    assert res.box_count == 2 and res.text == "x"
+    # Overlap counted once: union 75x20 of 100x100 (rasterisation adds <= 1 px per edge).
+    assert res.text_area_fraction == pytest.approx(0.15, abs=0.01)
+    whole = [(0.0, 0.0), (500.0, 0.0), (500.0, 500.0), (0.0, 500.0)]
+    assert ocr.OcrResult([ocr.OcrBox(whole, None, 1.0)], 100, 100).text_area_fraction == 1.0
+    assert ocr.OcrResult([], 0, 0).text_area_fraction == 0.0
+
+
+def test_edge_density_separates_strokes_from_flat():
+    flat = np.full((40, 200), 200.0, np.float32)
+    text = np.asarray(_with_text(Image.new("RGB", (400, 300), "white")), np.float32)
+    grey = text @ np.array([0.299, 0.587, 0.114], np.float32)
+    box = [(15.0, 115.0), (380.0, 115.0), (380.0, 170.0), (15.0, 170.0)]
+    assert ocr.edge_density(flat, [(0, 0), (199, 0), (199, 39), (0, 39)]) == 0.0
+    assert ocr.edge_density(grey, box) > ocr.DEFAULT_MIN_EDGE_DENSITY
+
+
+@pytest.mark.gpu
+def test_gpu_spotter_reads_text():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gpu = ocr.make_spotter("rapidocr", use_gpu=True)  # CPU fallback if ORT lacks CUDA
+    (res,) = gpu.spot([_with_text(Image.new("RGB", (400, 300), "white"))], recognize=True)
+    assert "PARROT" in res.text.upper()

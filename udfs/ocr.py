@@ -1,0 +1,273 @@
+"""Text spotting behind a small interface so the detector can be swapped by name.
+
+The Parrot-captions pipeline needs two things per image: how much of it is covered by
+text (detection only, cheap) and, for images that have text, what the text says
+(detection + recognition). `RapidOcrSpotter` is the default, built on rapidocr's bundled
+ONNX models so it works offline; other spotters (DeepSolo, docTR) register by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+Point = tuple[float, float]
+
+# Chosen with benchmarks/ocr_threshold_sweep.py (results in its docstring): upscaling the
+# short side to 512 is what finds 9-15 px text in 256 px images; 0.6 keeps plain images clean.
+DEFAULT_LIMIT_SIDE_LEN = 512
+DEFAULT_LIMIT_TYPE = "min"
+DEFAULT_BOX_THRESH = 0.6
+DEFAULT_DET_THRESH = 0.3
+DEFAULT_UNCLIP_RATIO = 1.6
+DEFAULT_MIN_BOX_AREA = 0.0
+# PP-OCRv6 det sometimes returns one box covering most of a flat or smooth image (plain
+# product shots, skies); no real text line covers this much of a photo on its own.
+DEFAULT_MAX_BOX_FRACTION = 0.4
+# The same pathology also yields smaller boxes over featureless backdrop; printed text
+# always has strokes, so a box needs this share of edge pixels to count.
+DEFAULT_MIN_EDGE_DENSITY = 0.03
+# Grey-level step between neighbouring pixels that counts as an edge (above sensor noise).
+EDGE_LEVEL = 40.0
+DEFAULT_REC_MIN_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class OcrBox:
+    """One text region; `confidence` is the recogniser's score when text was read,
+    otherwise the detector's score. `text` is None when not read or below the bar."""
+
+    polygon: list[Point]
+    text: str | None
+    confidence: float
+
+
+@dataclass
+class OcrResult:
+    boxes: list[OcrBox]
+    image_height: int
+    image_width: int
+    text_area_fraction: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text_area_fraction = union_area_fraction(
+            [b.polygon for b in self.boxes], self.image_height, self.image_width
+        )
+
+    @property
+    def box_count(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def text(self) -> str:
+        """Recognised text in reading order; "" in detection-only mode."""
+        return " ".join(b.text for b in self.boxes if b.text)
+
+
+def polygon_area(polygon: Sequence[Point]) -> float:
+    """Shoelace area, for callers that want a per-box size."""
+    if len(polygon) < 3:
+        return 0.0
+    pts = np.asarray(polygon, dtype=np.float64)
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def union_area_fraction(polygons: Sequence[Sequence[Point]], height: int, width: int) -> float:
+    """Fraction of the image covered by the union of the polygons.
+
+    Rasterised rather than summed so overlapping boxes are not counted twice.
+    """
+    if height <= 0 or width <= 0 or not polygons:
+        return 0.0
+    mask = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    for poly in polygons:
+        if len(poly) >= 3:
+            draw.polygon([(float(x), float(y)) for x, y in poly], fill=1, outline=1)
+    covered = int(np.count_nonzero(np.asarray(mask)))
+    return min(1.0, covered / float(height * width))
+
+
+@runtime_checkable
+class TextSpotter(Protocol):
+    def spot(self, images: list[np.ndarray], recognize: bool = False) -> list[OcrResult]:
+        """One result per RGB uint8 HxWx3 image, in input order."""
+        ...
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Accept grey, RGB or RGBA arrays; spotters only ever see HxWx3 uint8."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {arr.shape}")
+    return arr
+
+
+class RapidOcrSpotter:
+    """rapidocr (PP-OCR det + rec, ONNX) with one engine per instance.
+
+    `det_limit_type="min"` upscales images whose short side is below
+    `det_limit_side_len` (small text in small web images needs it); "max" only shrinks.
+    Boxes larger than `max_box_fraction` of the image or with fewer than
+    `min_edge_density` edge pixels are dropped: the bundled detector hallucinates them
+    on flat backdrops. Set both guards off (1.0, 0.0) to see raw detector output.
+    With `recognize=True` rapidocr drops boxes whose text reads empty, so `box_count`
+    can be lower than in detection-only mode; boxes read below `rec_min_confidence`
+    are kept with `text=None`.
+    """
+
+    def __init__(
+        self,
+        det_limit_side_len: int = DEFAULT_LIMIT_SIDE_LEN,
+        box_thresh: float = DEFAULT_BOX_THRESH,
+        *,
+        det_limit_type: str = DEFAULT_LIMIT_TYPE,
+        det_thresh: float = DEFAULT_DET_THRESH,
+        unclip_ratio: float = DEFAULT_UNCLIP_RATIO,
+        min_box_area: float = DEFAULT_MIN_BOX_AREA,
+        max_box_fraction: float = DEFAULT_MAX_BOX_FRACTION,
+        min_edge_density: float = DEFAULT_MIN_EDGE_DENSITY,
+        rec_min_confidence: float = DEFAULT_REC_MIN_CONFIDENCE,
+        use_angle_cls: bool = False,
+        use_gpu: bool = False,
+        device_id: int | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        from rapidocr import RapidOCR
+
+        from udfs.device import ort_cuda_available, select_device
+
+        if det_limit_type not in ("min", "max"):
+            raise ValueError(f"det_limit_type must be 'min' or 'max', got {det_limit_type!r}")
+        self.min_box_area = float(min_box_area)
+        self.max_box_fraction = float(max_box_fraction)
+        self.min_edge_density = float(min_edge_density)
+        self.rec_min_confidence = float(rec_min_confidence)
+        self.use_angle_cls = use_angle_cls
+        # Only ask for CUDA when this onnxruntime build has it; rapidocr would fall back
+        # anyway, but with a page of warnings per worker.
+        self.on_gpu = bool(use_gpu and ort_cuda_available())
+        if self.on_gpu and device_id is None:
+            device_id = select_device().index or 0  # the Spark task's GPU
+        params: dict[str, Any] = {
+            "Global.log_level": "error",
+            "Global.use_cls": use_angle_cls,
+            # Rec-score filtering is done here so low-confidence boxes still count as text.
+            "Global.text_score": 0.0,
+            "Det.limit_side_len": int(det_limit_side_len),
+            "Det.limit_type": det_limit_type,
+            "Det.box_thresh": float(box_thresh),
+            "Det.thresh": float(det_thresh),
+            "Det.unclip_ratio": float(unclip_ratio),
+            "EngineConfig.onnxruntime.use_cuda": self.on_gpu,
+            "EngineConfig.onnxruntime.cuda_ep_cfg.device_id": int(device_id or 0),
+        }
+        if num_threads:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(num_threads)
+        self._engine = RapidOCR(params=params)
+        # rapidocr stores per-call flags on the engine, so calls must not interleave.
+        self._lock = threading.Lock()
+
+    def spot(self, images: list[np.ndarray], recognize: bool = False) -> list[OcrResult]:
+        return [self._spot_one(as_rgb_uint8(img), recognize) for img in images]
+
+    def _spot_one(self, rgb: np.ndarray, recognize: bool) -> OcrResult:
+        height, width = rgb.shape[:2]
+        if height == 0 or width == 0:
+            return OcrResult([], height, width)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # rapidocr treats arrays as BGR
+        with self._lock:
+            out = self._engine(
+                bgr, use_det=True, use_cls=self.use_angle_cls and recognize, use_rec=recognize
+            )
+        raw_boxes = getattr(out, "boxes", None)
+        if raw_boxes is None or len(raw_boxes) == 0:
+            return OcrResult([], height, width)
+        raw_scores = getattr(out, "scores", None)
+        scores = [1.0] * len(raw_boxes) if raw_scores is None else list(raw_scores)
+        texts = getattr(out, "txts", None) if recognize else None
+        grey = grey_levels(rgb) if self.min_edge_density > 0 else None
+        boxes = []
+        for i, raw in enumerate(raw_boxes):
+            polygon = [(float(x), float(y)) for x, y in np.asarray(raw).reshape(-1, 2)]
+            if not self._plausible(polygon, grey, height, width):
+                continue
+            confidence = float(scores[i])
+            text = None
+            if texts is not None and confidence >= self.rec_min_confidence:
+                text = str(texts[i]).strip() or None
+            boxes.append(OcrBox(polygon, text, confidence))
+        return OcrResult(boxes, height, width)
+
+    def _plausible(
+        self, polygon: list[Point], grey: np.ndarray | None, height: int, width: int
+    ) -> bool:
+        area = polygon_area(polygon)
+        if area < self.min_box_area or area > self.max_box_fraction * height * width:
+            return False
+        return grey is None or edge_density(grey, polygon) >= self.min_edge_density
+
+
+def grey_levels(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def edge_density(grey: np.ndarray, polygon: Sequence[Point]) -> float:
+    """Share of pixels in the polygon's bounding rectangle that sit on a sharp step."""
+    pts = np.asarray(polygon, dtype=np.float64)
+    h, w = grey.shape[:2]
+    x0, y0 = max(0, int(pts[:, 0].min())), max(0, int(pts[:, 1].min()))
+    x1, y1 = min(w, int(np.ceil(pts[:, 0].max())) + 1), min(h, int(np.ceil(pts[:, 1].max())) + 1)
+    crop = grey[y0:y1, x0:x1]
+    if crop.shape[0] < 2 or crop.shape[1] < 2:
+        return 0.0
+    gx = np.abs(np.diff(crop, axis=1))[:-1, :]
+    gy = np.abs(np.diff(crop, axis=0))[:, :-1]
+    return float(np.mean(np.maximum(gx, gy) > EDGE_LEVEL))
+
+
+SpotterFactory = Callable[..., TextSpotter]
+_REGISTRY: dict[str, SpotterFactory] = {"rapidocr": RapidOcrSpotter}
+_INSTANCES: dict[tuple[str, tuple[tuple[str, Any], ...]], TextSpotter] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def register_spotter(name: str, factory: SpotterFactory) -> None:
+    """Make `make_spotter(name, ...)` build spotters with `factory(**kwargs)`."""
+    _REGISTRY[name] = factory
+
+
+def available_spotters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_spotter(name: str = "rapidocr", **kwargs: Any) -> TextSpotter:
+    """The process-wide spotter for (name, kwargs); engines load once per Python worker."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown text spotter {name!r}; registered: {available_spotters()}")
+    key = (name, tuple(sorted(kwargs.items())))
+    with _INSTANCES_LOCK:
+        spotter = _INSTANCES.get(key)
+        if spotter is None:
+            spotter = _REGISTRY[name](**kwargs)
+            _INSTANCES[key] = spotter
+    return spotter
+
+
+def clear_spotter_cache() -> None:
+    with _INSTANCES_LOCK:
+        _INSTANCES.clear()
