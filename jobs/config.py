@@ -123,6 +123,9 @@ class ScoreConfig:
     precision: str = "fp16"  # fp16 | bf16 | fp32 (CUDA only; CPU runs float32)
     prefer_gpu: bool = True
     batch_size: int = 64  # images per model call
+    # CPU threads each Python worker gives torch and onnxruntime (0 = library default).
+    # Spark already runs one task per core, so more than spark.task.cpus oversubscribes.
+    cpu_threads: int = 1
     arrow_batch_size: int = 512  # rows per Arrow batch handed to the Python worker
     partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
     rows_per_commit: int = 100_000

@@ -194,4 +194,7 @@ class Lake:
         """Replace all rejects of `stage` by `df` in one commit (for stages that retry)."""
         conformed = self._conform_rejects(df)
         ref = self.ref("rejects")
+        current = self.read("rejects").where(F.col("stage") == F.lit(stage))
+        if not conformed.limit(1).count() and not current.limit(1).count():
+            return  # nothing to replace: no empty commit (re-runs keep table versions)
         conformed.writeTo(ref.name).overwrite(F.col("stage") == F.lit(stage))

@@ -9,6 +9,7 @@ through them. Decode or model failures become `error` rows, mirrored into `rejec
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -63,6 +64,7 @@ class ScoreReport:
     with_text: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     random_init: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # where the stage's time went
 
 
 def score_settings(cfg: ScoreConfig):
@@ -88,6 +90,7 @@ def score_settings(cfg: ScoreConfig):
         aesthetic_clip_pretrained=cfg.aesthetic_clip_pretrained or None,
         aesthetic_weights=cfg.aesthetic_weights or None, random_init_ok=cfg.random_init_ok,
         precision=cfg.precision, prefer_gpu=cfg.prefer_gpu, batch_size=cfg.batch_size,
+        cpu_threads=cfg.cpu_threads,
         reuse_similarity=cfg.reuse_similarity, reuse_aesthetic=cfg.reuse_aesthetic,
     )
 
@@ -138,13 +141,25 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     lake = Lake(spark, cfg)
     lake.ensure("scores", TABLE_SCHEMA)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.seconds[name] = round(report.seconds.get(name, 0.0) + now - clock, 2)
+        clock = now
+
     todo = pending(lake.read("images"), lake.read("metadata"),
                    lake.read("scores", version=lake.version("scores")))
     report.pending = todo.count()
+    lap("plan")
     report.chunks = chunk_count(report.pending, sc.rows_per_commit)
     for part in chunks(todo, report.chunks):
         rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
-        lake.insert_new("scores", rows, on=["sample_id"])
+        # A plain append suffices: `todo` excludes every id already scored, and each
+        # chunk is one atomic commit, so a crash never leaves half a chunk behind.
+        rows.writeTo(lake.ref("scores").name).append()
+    lap("score_and_write")
     lake.set_properties("scores", {
         "deparrot.clip_model": f"{sc.clip_model}:{sc.clip_pretrained or 'random'}",
         "deparrot.aesthetic": f"{sc.aesthetic_clip_model}:"
@@ -157,12 +172,14 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
         F.lit(STAGE).alias("stage"), F.col("error").alias("reason"),
         F.col("sample_id").cast("string").alias("reject_key"), "sample_id")
     lake.replace_rejects(STAGE, errors)
+    lap("properties_and_rejects")
     for row in lake.read("scores").groupBy("status", "error", "has_text").count().collect():
         if row["status"] == "ok":
             report.ok += row["count"]
             report.with_text += row["count"] if row["has_text"] else 0
         else:
             report.errors[row["error"]] = report.errors.get(row["error"], 0) + row["count"]
+    lap("report")
     return report
 
 
