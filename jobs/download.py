@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -28,6 +29,7 @@ if __package__ in (None, ""):  # `spark-submit jobs/download.py` from a checkout
 from jobs.chunks import chunk_count, chunks
 from jobs.config import Config, DownloadConfig
 from jobs.lake import Lake
+from jobs.timing import Laps
 
 STAGE = "download"
 SOURCES = ("http", "webdataset", "parquet")
@@ -61,6 +63,7 @@ class DownloadReport:
     chunks: int = 0
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the stage's time went
 
 
 def fetch_settings(cfg: DownloadConfig):
@@ -182,18 +185,32 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     lake.ensure("images", TABLE_SCHEMA)
     images = lake.read("images", version=lake.version("images"))
     todo = pending(lake.read("metadata"), images)
-    report = DownloadReport(pending=todo.count())
+    report = DownloadReport()
+    lap = Laps(report.seconds).lap
+    report.pending = todo.count()
     report.chunks = chunk_count(report.pending, dl.rows_per_commit)
+    lap("plan")
     for part in chunks(todo, report.chunks):
         rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
-        lake.upsert("images", rows.withColumn("fetched_at", F.current_timestamp()),
-                    on=["sample_id"])
+        rows = rows.withColumn("fetched_at", F.current_timestamp())
+        # Fetch once: MERGE may scan its source twice, and a second scan would download
+        # every image again. Materialise the chunk, then merge from the stored copy.
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            rows.count()
+            lap("fetch")
+            lake.upsert("images", rows, on=["sample_id"])
+            lap("write")
+        finally:
+            rows.unpersist()
     refresh_rejects(lake)
+    lap("rejects")
     for row in lake.read("images").groupBy("status", "error").count().collect():
         if row["status"] == "ok":
             report.ok += row["count"]
         else:
             report.errors[row["error"]] = row["count"]
+    lap("report")
     return report
 
 

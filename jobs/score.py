@@ -9,7 +9,6 @@ through them. Decode or model failures become `error` rows, mirrored into `rejec
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -24,6 +23,7 @@ if __package__ in (None, ""):  # `spark-submit jobs/score.py` from a checkout
 from jobs.chunks import chunk_count, chunks
 from jobs.config import Config, ScoreConfig
 from jobs.lake import Lake
+from jobs.timing import Laps
 
 STAGE = "score"
 RANDOM_WARNING = (
@@ -141,14 +141,7 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     lake = Lake(spark, cfg)
     lake.ensure("scores", TABLE_SCHEMA)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        report.seconds[name] = round(report.seconds.get(name, 0.0) + now - clock, 2)
-        clock = now
-
+    lap = Laps(report.seconds).lap
     todo = pending(lake.read("images"), lake.read("metadata"),
                    lake.read("scores", version=lake.version("scores")))
     report.pending = todo.count()
