@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -193,16 +192,12 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     for part in chunks(todo, report.chunks):
         rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
         rows = rows.withColumn("fetched_at", F.current_timestamp())
-        # Fetch once: MERGE may scan its source twice, and a second scan would download
-        # every image again. Materialise the chunk, then merge from the stored copy.
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            rows.count()
-            lap("fetch")
-            lake.upsert("images", rows, on=["sample_id"])
-            lap("write")
-        finally:
-            rows.unpersist()
+        # Fetch exactly once: MERGE may scan its source twice, and a cache can be bypassed,
+        # so cut the lineage. A lost executor fails the chunk; the re-run resumes it.
+        rows = rows.localCheckpoint(eager=True)
+        lap("fetch")
+        lake.upsert("images", rows, on=["sample_id"])
+        lap("write")
     refresh_rejects(lake)
     lap("rejects")
     for row in lake.read("images").groupBy("status", "error").count().collect():
