@@ -7,9 +7,9 @@ end up in `main()` here, so the three run the same code.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Callable
 
 from jobs.config import Config, ConfigError, load_config
 
@@ -56,88 +56,34 @@ def parse(argv: list[str]) -> tuple[str, Config]:
     return args.command, load_config(args.config, overrides)
 
 
-def _with_spark(job: Callable[..., object]) -> Callable[[Config], object]:
-    def runner(cfg: Config) -> object:
-        from jobs.session import spark_session
-
-        with spark_session(cfg.spark) as spark:
-            return job(spark, cfg)
-
-    return runner
-
-
-def _sample(cfg: Config) -> object:
-    from jobs.sample import generate
-
-    return generate(cfg.sample)
-
-
-def _ingest(spark, cfg: Config) -> object:
-    from jobs.ingest import run
-
-    return run(spark, cfg)
-
-
-def _download(spark, cfg: Config) -> object:
-    from jobs.download import run
-
-    return run(spark, cfg)
-
-
-def _score(spark, cfg: Config) -> object:
-    from jobs.score import run
-
-    return run(spark, cfg)
-
-
-def _cluster_train(spark, cfg: Config) -> object:
-    from jobs.cluster import train
-
-    return train(spark, cfg)
-
-
-def _cluster_assign(spark, cfg: Config) -> object:
-    from jobs.cluster import assign
-
-    return assign(spark, cfg)
-
-
-def _dedup(spark, cfg: Config) -> object:
-    from jobs.dedup import run
-
-    return run(spark, cfg)
-
-
-def _publish(spark, cfg: Config) -> object:
-    from jobs.publish import run
-
-    return run(spark, cfg)
-
-
-def _pipeline(spark, cfg: Config) -> object:
-    from jobs.pipeline import run
-
-    return run(spark, cfg)
-
-
-def _demo(cfg: Config) -> object:
-    from jobs.demo import run_demo
-
-    return run_demo(cfg)
-
-
-RUNNERS: dict[str, Callable[[Config], object]] = {
-    "sample": _sample,
-    "ingest": _with_spark(_ingest),
-    "download": _with_spark(_download),
-    "score": _with_spark(_score),
-    "cluster-train": _with_spark(_cluster_train),
-    "cluster-assign": _with_spark(_cluster_assign),
-    "dedup": _with_spark(_dedup),
-    "publish": _with_spark(_publish),
-    "run": _with_spark(_pipeline),
-    "demo": _demo,
+# subcommand -> (module, function); Spark jobs take (spark, cfg), the others (cfg).
+# Modules are imported only when their command runs, so `--help` stays fast.
+SPARK_JOBS: dict[str, tuple[str, str]] = {
+    "ingest": ("jobs.ingest", "run"),
+    "download": ("jobs.download", "run"),
+    "score": ("jobs.score", "run"),
+    "cluster-train": ("jobs.cluster", "train"),
+    "cluster-assign": ("jobs.cluster", "assign"),
+    "dedup": ("jobs.dedup", "run"),
+    "publish": ("jobs.publish", "run"),
+    "run": ("jobs.pipeline", "run"),
 }
+PLAIN_JOBS: dict[str, tuple[str, str]] = {
+    "sample": ("jobs.sample", "generate_from_config"),
+    "demo": ("jobs.demo", "run_demo"),
+}
+
+
+def run_command(command: str, cfg: Config) -> object:
+    if command in PLAIN_JOBS:
+        module, name = PLAIN_JOBS[command]
+        return getattr(importlib.import_module(module), name)(cfg)
+    from jobs.session import spark_session
+
+    module, name = SPARK_JOBS[command]
+    job = getattr(importlib.import_module(module), name)
+    with spark_session(cfg.spark) as spark:
+        return job(spark, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"deparrot: config error: {exc}", file=sys.stderr)
         return 2
-    result = RUNNERS[command](cfg)
+    result = run_command(command, cfg)
     if result is not None:
         print(json.dumps(_jsonable(result), indent=2, default=str))
     return 0

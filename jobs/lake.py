@@ -126,26 +126,18 @@ class Lake:
 
     def insert_new(self, key: str, df: DataFrame, on: list[str]) -> None:
         """Insert the rows of `df` whose key is not in the table yet: re-runs add nothing."""
-        cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
-        (
-            self.delta(key)
-            .alias("t")
-            .merge(df.alias("s"), cond)
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        self._merge(key, df, on, update=False)
 
     def upsert(self, key: str, df: DataFrame, on: list[str]) -> None:
         """Insert new rows and overwrite rows whose key exists (a retried row's new result)."""
+        self._merge(key, df, on, update=True)
+
+    def _merge(self, key: str, df: DataFrame, on: list[str], update: bool) -> None:
         cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
-        (
-            self.delta(key)
-            .alias("t")
-            .merge(df.alias("s"), cond)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        merge = self.delta(key).alias("t").merge(df.alias("s"), cond)
+        if update:
+            merge = merge.whenMatchedUpdateAll()
+        merge.whenNotMatchedInsertAll().execute()
 
     def replace_where(self, key: str, df: DataFrame, condition: str,
                       user_metadata: str | None = None) -> None:

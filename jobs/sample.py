@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from jobs.config import SampleConfig
+from jobs.config import Config, SampleConfig
 
 WORDS = [
     "SUMMER SALE", "OPEN 24 HOURS", "BEST COFFEE", "GRAND OPENING", "FREE WIFI",
@@ -185,6 +185,10 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     for t in truth:
         counts[t["kind"]] = counts.get(t["kind"], 0) + 1
     return SampleSummary(out=out, rows=len(records), kinds=counts)
+
+
+def generate_from_config(cfg: Config) -> SampleSummary:
+    return generate(cfg.sample)
 
 
 def _break_record(record: dict, how: str, earlier: list[dict]) -> None:

@@ -35,3 +35,13 @@ def test_every_bundle_task_is_a_valid_deparrot_command():
         _, cfg = parse(argv)
         assert cfg.spark.master == "" and cfg.storage.root == ""  # the runtime's session
         assert cfg.storage.catalog == variables["catalog"]
+
+
+def test_every_command_resolves_to_a_function():
+    import importlib
+
+    from jobs.cli import PLAIN_JOBS, SPARK_JOBS
+
+    assert set(COMMANDS) == set(SPARK_JOBS) | set(PLAIN_JOBS)
+    for module, name in (*SPARK_JOBS.values(), *PLAIN_JOBS.values()):
+        assert callable(getattr(importlib.import_module(module), name))
