@@ -15,3 +15,9 @@ display(spark.sql(f"SELECT family, count(*) AS rows FROM {catalog}.{schema}.meta
 
 # COMMAND ----------
 display(spark.sql(f"SELECT stage, reason, count(*) AS rows FROM {catalog}.{schema}.rejects GROUP BY ALL ORDER BY rows DESC"))  # noqa: E501,F821
+
+# COMMAND ----------
+# MAGIC %md The debiased subset: rows per k-means cluster and their scores.
+
+# COMMAND ----------
+display(spark.sql(f"SELECT kmeans, count(*) AS rows, avg(similarity) AS clip_score, avg(ase_scores) AS aesthetic FROM {catalog}.{schema}.laion_debiased GROUP BY kmeans ORDER BY rows DESC"))  # noqa: E501,F821
