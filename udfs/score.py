@@ -39,6 +39,7 @@ class ScoreSettings:
     precision: str = "fp16"
     prefer_gpu: bool = True
     batch_size: int = 64
+    cpu_threads: int = 1
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
     max_pixels: int = 40_000_000
@@ -53,10 +54,16 @@ class Models:
 
         self.device = select_device(s.prefer_gpu)
         on_gpu = self.device.type == "cuda"
+        if s.cpu_threads > 0:
+            import torch
+
+            torch.set_num_threads(s.cpu_threads)
         opts = dict(s.spotter_options)
         if s.spotter == "rapidocr":
             opts.setdefault("use_gpu", on_gpu)
             opts.setdefault("device_id", self.device.index or 0)
+            if s.cpu_threads > 0:
+                opts.setdefault("num_threads", s.cpu_threads)
         self.spotter = ocr.make_spotter(s.spotter, **opts)
         self.b32 = clip_models.load_clip(s.clip_model, s.clip_pretrained, self.device,
                                          s.precision, random_init_ok=s.random_init_ok)
