@@ -107,9 +107,8 @@ def write_partition(lake: Lake, rows: DataFrame, part: int, sig: str) -> None:
 def run(spark: SparkSession, cfg: Config) -> PublishReport:
     lake = Lake(spark, cfg)
     ref = lake.ensure("subset", SUBSET_SCHEMA, partition_by=("part",))
-    for key in ("dedup",):
-        if not lake.exists(key):
-            raise RuntimeError(f"table {lake.ref(key).name} is missing: run `deparrot {key}`")
+    if not lake.exists("dedup"):
+        raise RuntimeError(f"table {lake.ref('dedup').name} is missing: run `deparrot dedup`")
     sig = signature(lake, cfg)
     rows = classify(lake, cfg)
     rejects = rows.where(F.col("reason").isNotNull()).select(
