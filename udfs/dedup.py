@@ -183,20 +183,6 @@ def near_duplicate_groups(
     ).keeper_ids
 
 
-def dedup_keep_mask(
-    ids: np.ndarray,
-    embeddings: np.ndarray,
-    scores: np.ndarray | None = None,
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-) -> np.ndarray:
-    """Boolean mask of rows to keep (exactly one per near-duplicate group)."""
-    return find_near_duplicates(
-        ids, embeddings, scores, threshold=threshold, block_size=block_size
-    ).keep
-
-
 def embeddings_from_column(values: Any, dtype: str = "float32") -> np.ndarray:
     """Stack a pandas column of lists/arrays (or raw little-endian bytes) into (n, d)."""
     seq = list(values)

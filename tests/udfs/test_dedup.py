@@ -48,7 +48,7 @@ def test_one_keeper_per_group_highest_score_then_smallest_id() -> None:
     singles = res.group_size == 1
     assert np.isnan(res.max_sim[singles]).all()
     assert (res.max_sim[~singles] >= 0.95).all() and (res.max_sim[~singles] <= 1.0001).all()
-    mask = dedup.dedup_keep_mask(ids, emb, scores)
+    mask = dedup.find_near_duplicates(ids, emb, scores).keep
     np.testing.assert_array_equal(mask, res.keep)
 
 
