@@ -53,7 +53,8 @@ def main() -> None:
 
     with serve(work) as base:
         urls = [f"{base}images/{i}.jpg" for i in range(args.images)]
-        cfg = load_config(None, [
+        # The project's local settings (e.g. Delta snapshot partitions), then the bench's own.
+        cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "local.yaml", [
             f"spark.master=local[{args.cores}]",
             "spark.conf.spark.ui.showConsoleProgress=false",
             f"spark.conf.spark.sql.shuffle.partitions={args.cores}",

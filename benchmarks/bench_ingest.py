@@ -43,7 +43,8 @@ def main() -> None:
         pq.write_table(metadata_table(n, seed=f, start_id=f * per), src / f"part-{f:05d}.parquet")
     print(f"generated {args.rows:,} rows in {args.files} files in {time.perf_counter() - t0:.1f}s")
 
-    cfg = load_config(None, [
+    # The project's local settings (e.g. Delta snapshot partitions), then the bench's own.
+    cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "local.yaml", [
         f"spark.master={args.master}", "spark.conf.spark.sql.shuffle.partitions=8",
         "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.driver.memory=6g",
         f"spark.conf.spark.sql.warehouse.dir={work / 'warehouse'}",

@@ -67,7 +67,8 @@ def main() -> None:
 
     b32, l14 = MODELS[args.models]
     work = Path(tempfile.mkdtemp(prefix="deparrot-bench-score-"))
-    cfg = load_config(None, [
+    # The project's local settings (e.g. Delta snapshot partitions), then the bench's own.
+    cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "local.yaml", [
         f"spark.master=local[{args.cores}]", "spark.conf.spark.ui.showConsoleProgress=false",
         f"spark.conf.spark.sql.shuffle.partitions={args.cores}",
         f"spark.conf.spark.sql.warehouse.dir={work / 'warehouse'}",
