@@ -159,11 +159,12 @@ class Lake:
     def set_properties(self, key: str, properties: dict[str, str]) -> None:
         """Set table properties; no commit when they already hold these values."""
         current = self.properties(key)
-        properties = {k: v.replace(chr(39), "") for k, v in properties.items()}
+        # Quotes would end the SQL literal; values are stored (and compared) without them.
+        properties = {k: v.replace("'", "") for k, v in properties.items()}
         if all(current.get(k) == v for k, v in properties.items()):
             return
         ref = self.register(key)
-        pairs = ", ".join(f"'{k}' = '{v.replace(chr(39), '')}'" for k, v in properties.items())
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
         self.spark.sql(f"ALTER TABLE {ref.name} SET TBLPROPERTIES ({pairs})")
 
     def _conform_rejects(self, df: DataFrame) -> DataFrame:
