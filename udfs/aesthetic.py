@@ -7,19 +7,17 @@ The layer layout mirrors the published training code exactly so that
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import torch
 from torch import nn
 
 from udfs.device import select_device
+from udfs.worker_cache import clear, worker_cached
 
 L14_DIM = 768
 _RANDOM = ("", "random", "none")
 _RANDOM_SEED = 0  # identical random heads in every worker (tests and demos only)
-_CACHE: dict[tuple[str, str, int], AestheticMLP] = {}
-_LOCK = threading.Lock()
 
 
 class AestheticMLP(nn.Module):
@@ -75,23 +73,19 @@ def load_aesthetic(
     resolved = "random" if is_random else os.path.abspath(os.path.expanduser(str(path)))
     if not is_random and not os.path.isfile(resolved):
         raise FileNotFoundError(f"aesthetic predictor weights not found: {resolved}")
-    key = (resolved, str(dev), int(input_dim))
-    with _LOCK:
-        model = _CACHE.get(key)
-        if model is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_RANDOM_SEED)
-                model = AestheticMLP(input_dim)
-            if not is_random:
-                model.load_state_dict(_read_state_dict(resolved), strict=True)
-            model = model.to(dev).eval().requires_grad_(False)
-            _CACHE[key] = model
-    return model
+    def build() -> AestheticMLP:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_RANDOM_SEED)
+            model = AestheticMLP(input_dim)
+        if not is_random:
+            model.load_state_dict(_read_state_dict(resolved), strict=True)
+        return model.to(dev).eval().requires_grad_(False)
+
+    return worker_cached("aesthetic", (resolved, str(dev), int(input_dim)), build)
 
 
 def clear_aesthetic_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    clear("aesthetic")
 
 
 def score(model: AestheticMLP, l14_embeddings: np.ndarray) -> np.ndarray:

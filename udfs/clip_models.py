@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from udfs.device import inference_dtype, select_device
+from udfs.worker_cache import clear, worker_cached
 
 TINY_MODEL_NAME = "deparrot-tiny-vit"
 # Smallest valid open_clip ViT: for tests and the local demo, never for real scoring.
@@ -38,7 +39,6 @@ _RANDOM_SEED = 0  # every worker must build the same random model, or partitions
 _CONFIGS: dict[str, dict[str, Any]] = {TINY_MODEL_NAME: TINY_MODEL_CONFIG}
 _REGISTERED: set[str] = set()
 _CONFIG_DIR: Path | None = None
-_CACHE: dict[tuple[str, str, str, str], ClipBundle] = {}
 _LOCK = threading.RLock()
 
 
@@ -158,22 +158,9 @@ def load_clip(
         open_clip, model_name, pretrained, random_init_ok
     )
     key = (model_name, "random" if random_init else str(resolved), str(dev), precision)
-    with _LOCK:
-        bundle = _CACHE.get(key)
-        if bundle is None:
-            bundle = _build(
-                open_clip,
-                model_name,
-                resolved,
-                random_init,
-                quick_gelu,
-                dev,
-                precision,
-                autocast_dtype,
-                cache_dir,
-            )
-            _CACHE[key] = bundle
-    return bundle
+    return worker_cached("clip", key, lambda: _build(
+        open_clip, model_name, resolved, random_init, quick_gelu, dev, precision,
+        autocast_dtype, cache_dir))
 
 
 def _build(
@@ -229,8 +216,7 @@ def _build(
 
 
 def clear_clip_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    clear("clip")
 
 
 def _resize_one(

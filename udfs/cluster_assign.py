@@ -6,22 +6,21 @@ once per Python worker (keyed by the centroids' fingerprint), not per batch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from udfs import clustering
-
-_ARTIFACTS: dict[int, clustering.ClusterArtifacts] = {}
+from udfs.worker_cache import worker_cached
 
 
 def _artifacts(blob: bytes) -> clustering.ClusterArtifacts:
-    key = hash(blob)
-    if key not in _ARTIFACTS:
-        _ARTIFACTS.clear()  # one set of artifacts in use per worker at a time
-        _ARTIFACTS[key] = clustering.deserialize_artifacts(blob)
-    return _ARTIFACTS[key]
+    """Decoded once per worker; the key is a digest, the blob itself is megabytes."""
+    key = hashlib.sha1(blob).hexdigest()
+    return worker_cached("cluster_artifacts", key,
+                         lambda: clustering.deserialize_artifacts(blob), max_entries=1)
 
 
 def assign_batches(batches: Iterator[pd.DataFrame], blob: bytes,

@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from udfs.worker_cache import worker_cached
 
 FORMAT_VERSION = 1
 DEFAULT_EMBEDDING_MODEL = "ViT-B-32/openai"
@@ -457,11 +457,6 @@ def convert_published(
 
 # --------------------------------------------------------------------------- assignment
 
-_INDEX_CACHE: OrderedDict[str, Any] = OrderedDict()
-_INDEX_CACHE_SIZE = 4
-_INDEX_LOCK = threading.Lock()
-
-
 def centroids_fingerprint(centroids: np.ndarray) -> str:
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     h = hashlib.sha1(str(c.shape).encode())
@@ -481,17 +476,7 @@ def build_index(centroids: np.ndarray) -> Any:
 def get_index(centroids: np.ndarray, fingerprint: str | None = None) -> Any:
     """Process-wide cached `build_index`: a Python worker builds it once, not per batch."""
     key = fingerprint or centroids_fingerprint(centroids)
-    with _INDEX_LOCK:
-        index = _INDEX_CACHE.get(key)
-        if index is not None:
-            _INDEX_CACHE.move_to_end(key)
-            return index
-    index = build_index(centroids)
-    with _INDEX_LOCK:
-        _INDEX_CACHE[key] = index
-        while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
-            _INDEX_CACHE.popitem(last=False)
-    return index
+    return worker_cached("faiss_index", key, lambda: build_index(centroids))
 
 
 def assign(

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from udfs.decode import decode_image
+from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.fetch import Fetcher, FetchResult, FetchSettings
 from udfs.resize import ResizeSettings, resize_and_encode
+from udfs.worker_cache import worker_cached
 
 IMAGE_FIELDS = (
     "sample_id", "url", "image", "format", "width", "height", "original_width",
@@ -30,7 +31,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 @dataclass(frozen=True)
 class ImageSettings:
     resize: ResizeSettings
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def image_row(sample_id: int, url: str, data: bytes | None, settings: ImageSettings,
@@ -66,14 +67,9 @@ def _fetched_row(sample_id: int, url: str, res: FetchResult, settings: ImageSett
     return row
 
 
-_FETCHERS: dict[FetchSettings, Fetcher] = {}
-
-
 def fetcher_for(settings: FetchSettings) -> Fetcher:
     """One Fetcher (and its connection pools) per Python worker, reused across tasks."""
-    if settings not in _FETCHERS:
-        _FETCHERS[settings] = Fetcher(settings)
-    return _FETCHERS[settings]
+    return worker_cached("fetcher", settings, lambda: Fetcher(settings))
 
 
 def download_batches(batches: Iterator[pd.DataFrame], fetch: FetchSettings,
