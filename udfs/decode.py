@@ -30,6 +30,9 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", 
 # compressed byte is called a bomb rather than merely too large: real photos are
 # a few pixels per byte; crafted bombs are thousands.
 BOMB_PIXELS_PER_BYTE = 1000
+# Images above this many pixels are refused before decoding (decompression bombs);
+# every stage that decodes uses this one default.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 _EXIF_ORIENTATION = 0x0112
 _SNIFF_BYTES = 1024
@@ -160,7 +163,7 @@ def _allowed_formats() -> list[str]:
 
 
 def decode_image(
-    data: bytes | bytearray | memoryview | None, *, max_pixels: int = 40_000_000
+    data: bytes | bytearray | memoryview | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> DecodeResult:
     """Decode untrusted bytes into an RGB image, or say why not. Never raises.
 

@@ -3,18 +3,21 @@
 The Parrot-captions pipeline needs two things per image: how much of it is covered by
 text (detection only, cheap) and, for images that have text, what the text says
 (detection + recognition). `RapidOcrSpotter` is the default, built on rapidocr's bundled
-ONNX models so it works offline; other spotters (DeepSolo, docTR) register by name.
+ONNX models so it works offline; other spotters (DeepSolo, docTR) are named by import
+path (`package.module:factory`) and built once per Python worker.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from udfs.worker_cache import clear, worker_cached
 
 Point = tuple[float, float]
 
@@ -241,33 +244,62 @@ def edge_density(grey: np.ndarray, polygon: Sequence[Point]) -> float:
 
 
 SpotterFactory = Callable[..., TextSpotter]
-_REGISTRY: dict[str, SpotterFactory] = {"rapidocr": RapidOcrSpotter}
-_INSTANCES: dict[tuple[str, tuple[tuple[str, Any], ...]], TextSpotter] = {}
-_INSTANCES_LOCK = threading.Lock()
+
+# Spotters are named by import path so that a third-party spotter reaches executors
+# through the normal Python path (an installed package or `spark.sparkContext.addPyFile`):
+# a registry filled on the driver would never exist in the executors' Python workers.
+DEFAULT_SPOTTER = "udfs.ocr:rapidocr_spotter"
+SPOTTER_ALIASES = {"rapidocr": DEFAULT_SPOTTER}
 
 
-def register_spotter(name: str, factory: SpotterFactory) -> None:
-    """Make `make_spotter(name, ...)` build spotters with `factory(**kwargs)`."""
-    _REGISTRY[name] = factory
+def rapidocr_spotter(device: Any = None, cpu_threads: int = 0, **options: Any) -> TextSpotter:
+    """The default spotter: RapidOCR on the task's device with the worker's thread budget."""
+    on_gpu = getattr(device, "type", None) == "cuda"
+    options.setdefault("use_gpu", on_gpu)
+    if on_gpu:
+        options.setdefault("device_id", getattr(device, "index", None) or 0)
+    if cpu_threads > 0:
+        options.setdefault("num_threads", cpu_threads)
+    return RapidOcrSpotter(**options)
 
 
-def available_spotters() -> list[str]:
-    return sorted(_REGISTRY)
+def check_spotter_path(path: str) -> str:
+    """Validate the `package.module:factory` form without importing it (driver side)."""
+    path = SPOTTER_ALIASES.get(path, path)
+    module, sep, attr = path.partition(":")
+    if not sep or not module.strip() or not attr.strip() or " " in path:
+        raise ValueError(
+            f"text spotter must be an import path 'package.module:factory', got {path!r}"
+        )
+    return path
 
 
-def make_spotter(name: str = "rapidocr", **kwargs: Any) -> TextSpotter:
-    """The process-wide spotter for (name, kwargs); engines load once per Python worker."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown text spotter {name!r}; registered: {available_spotters()}")
-    key = (name, tuple(sorted(kwargs.items())))
-    with _INSTANCES_LOCK:
-        spotter = _INSTANCES.get(key)
-        if spotter is None:
-            spotter = _REGISTRY[name](**kwargs)
-            _INSTANCES[key] = spotter
-    return spotter
+def resolve_spotter(path: str) -> SpotterFactory:
+    """Import the factory named by `package.module:factory`."""
+    import importlib
+
+    module_name, _, attr = check_spotter_path(path).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"text spotter {path!r}: cannot import {module_name!r} ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"text spotter {path!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def make_spotter(path: str = DEFAULT_SPOTTER, options: Mapping[str, Any] | None = None, *,
+                 device: Any = None, cpu_threads: int = 0) -> TextSpotter:
+    """The worker-wide spotter for (path, options, device); engines load once per worker.
+
+    The factory is called as `factory(device=..., cpu_threads=..., **options)`.
+    """
+    opts = dict(options or {})
+    key = (check_spotter_path(path), opts, str(device), cpu_threads)
+    return worker_cached("spotter", key, lambda: resolve_spotter(path)(
+        device=device, cpu_threads=cpu_threads, **opts))
 
 
 def clear_spotter_cache() -> None:
-    with _INSTANCES_LOCK:
-        _INSTANCES.clear()
+    clear("spotter")

@@ -9,13 +9,15 @@ image becomes one error row, never a failed task.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from udfs.decode import decode_image
+from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
+from udfs.ocr import DEFAULT_SPOTTER, check_spotter_path
+from udfs.worker_cache import worker_cached
 
 SCORE_FIELDS = (
     "sample_id", "status", "error", "ocr_box_count", "ocr_text_area", "ocr_text", "ocr_boxes",
@@ -26,23 +28,38 @@ SCORE_FIELDS = (
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    spotter: str = "rapidocr"
-    spotter_options: tuple[tuple[str, Any], ...] = ()
+    """What the score stage's executors need; the `score` config section extends it."""
+
+    # Text spotter by import path (`package.module:factory`) and its options; the
+    # factory also gets `device` and `cpu_threads`. Empty options: the spotter's defaults.
+    spotter: str = DEFAULT_SPOTTER
+    spotter_options: dict[str, Any] = field(default_factory=dict)
     # none: detection only; texted: read the text of images with boxes; all: det+rec everywhere
     recognize: str = "texted"
+    # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path.
     clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = "laion2b_s34b_b79k"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    # The aesthetic predictor reads CLIP ViT-L/14 image embeddings.
     aesthetic_clip_model: str = "ViT-L-14"
-    aesthetic_clip_pretrained: str | None = "openai"
-    aesthetic_weights: str | None = None
+    aesthetic_clip_pretrained: str = "openai"
+    aesthetic_weights: str = ""  # path to sac+logos+ava1-l14-linearMSE.pth
+    # Randomly initialised CLIP/aesthetic weights: only for offline demos and tests.
     random_init_ok: bool = False
-    precision: str = "fp16"
+    precision: str = "fp16"  # fp16 | bf16 | fp32 (CUDA only; CPU runs float32)
     prefer_gpu: bool = True
-    batch_size: int = 64
+    batch_size: int = 64  # images per model call
+    # CPU threads each Python worker gives torch and onnxruntime (0 = library default).
+    # Spark already runs one task per core, so more than spark.task.cpus oversubscribes.
     cpu_threads: int = 1
+    # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.recognize not in ("none", "texted", "all"):
+            raise ValueError(f"recognize must be none, texted or all, got {self.recognize!r}")
+        check_spotter_path(self.spotter)
 
 
 class Models:
@@ -53,18 +70,12 @@ class Models:
         from udfs.device import select_device
 
         self.device = select_device(s.prefer_gpu)
-        on_gpu = self.device.type == "cuda"
         if s.cpu_threads > 0:
             import torch
 
             torch.set_num_threads(s.cpu_threads)
-        opts = dict(s.spotter_options)
-        if s.spotter == "rapidocr":
-            opts.setdefault("use_gpu", on_gpu)
-            opts.setdefault("device_id", self.device.index or 0)
-            if s.cpu_threads > 0:
-                opts.setdefault("num_threads", s.cpu_threads)
-        self.spotter = ocr.make_spotter(s.spotter, **opts)
+        self.spotter = ocr.make_spotter(s.spotter, s.spotter_options, device=self.device,
+                                        cpu_threads=s.cpu_threads)
         self.b32 = clip_models.load_clip(s.clip_model, s.clip_pretrained, self.device,
                                          s.precision, random_init_ok=s.random_init_ok)
         # The ViT-L/14 tower is loaded on first need: reusing LAION's `aesthetic` skips it.
@@ -84,13 +95,8 @@ class Models:
         return self.l14, self.mlp
 
 
-_MODELS: dict[ScoreSettings, Models] = {}
-
-
 def models_for(s: ScoreSettings) -> Models:
-    if s not in _MODELS:
-        _MODELS[s] = Models(s)
-    return _MODELS[s]
+    return worker_cached("score_models", s, lambda: Models(s))
 
 
 def _error_row(sample_id: int, reason: str) -> dict:

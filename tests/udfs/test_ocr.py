@@ -107,29 +107,35 @@ def test_batch_keeps_order_and_accepts_grey(spotter):
 
 def test_engine_built_once_per_process(spotter):
     assert ocr.make_spotter("rapidocr") is spotter
-    assert ocr.make_spotter("rapidocr", box_thresh=0.7) is not spotter
-    assert ocr.make_spotter("rapidocr", box_thresh=0.7) is ocr.make_spotter(
-        "rapidocr", box_thresh=0.7
+    assert ocr.make_spotter(ocr.DEFAULT_SPOTTER) is spotter  # the alias names the same entry
+    assert ocr.make_spotter("rapidocr", {"box_thresh": 0.7}) is not spotter
+    assert ocr.make_spotter("rapidocr", {"box_thresh": 0.7}) is ocr.make_spotter(
+        "rapidocr", {"box_thresh": 0.7}
     )
 
 
-def test_registry_plugs_in_other_spotters():
-    class Dummy:
-        def __init__(self, label: str) -> None:
-            self.label = label
+class DummySpotter:
+    def __init__(self, label: str, device=None, cpu_threads: int = 0) -> None:
+        self.label, self.device, self.cpu_threads = label, device, cpu_threads
 
-        def spot(self, images, recognize=False):
-            box = ocr.OcrBox([(0, 0), (4, 0), (4, 2), (0, 2)], self.label if recognize else None, 1)
-            return [ocr.OcrResult([box], 4, 4) for _ in images]
+    def spot(self, images, recognize=False):
+        box = ocr.OcrBox([(0, 0), (4, 0), (4, 2), (0, 2)], self.label if recognize else None, 1)
+        return [ocr.OcrResult([box], 4, 4) for _ in images]
 
-    ocr.register_spotter("dummy", Dummy)
-    s = ocr.make_spotter("dummy", label="hi")
+
+def test_spotters_are_named_by_import_path():
+    s = ocr.make_spotter(f"{__name__}:DummySpotter", {"label": "hi"}, device="cpu",
+                         cpu_threads=3)
     assert isinstance(s, ocr.TextSpotter)
+    assert (s.device, s.cpu_threads) == ("cpu", 3)  # the factory gets the device and threads
     (res,) = s.spot([np.zeros((4, 4, 3), np.uint8)], recognize=True)
     assert res.text == "hi" and res.text_area_fraction == pytest.approx(0.5, abs=0.3)
-    assert "dummy" in ocr.available_spotters()
-    with pytest.raises(ValueError, match="registered"):
-        ocr.make_spotter("deepsolo-not-installed")
+    with pytest.raises(ValueError, match="cannot import"):
+        ocr.make_spotter("deepsolo_not_installed:make")
+    with pytest.raises(ValueError, match="no callable"):
+        ocr.make_spotter(f"{__name__}:missing_factory")
+    with pytest.raises(ValueError, match="import path"):
+        ocr.check_spotter_path("deepsolo")
 
 
 def test_result_geometry():
@@ -160,6 +166,7 @@ def test_gpu_spotter_reads_text():
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    gpu = ocr.make_spotter("rapidocr", use_gpu=True)  # CPU fallback if ORT lacks CUDA
+    # Falls back to CPU if this onnxruntime build lacks CUDA.
+    gpu = ocr.make_spotter("rapidocr", device=torch.device("cuda"))
     (res,) = gpu.spot([_with_text(Image.new("RGB", (400, 300), "white"))], recognize=True)
     assert "PARROT" in res.text.upper()
