@@ -59,7 +59,7 @@ def main() -> None:
             "spark.conf.spark.ui.showConsoleProgress=false",
             f"spark.conf.spark.sql.shuffle.partitions={args.cores}",
             f"spark.conf.spark.sql.warehouse.dir={work / 'warehouse'}",
-            f"storage.root={work / 'lake'}", "download.allowed_networks=[127.0.0.1/32]",
+            f"storage.root={work / 'lake'}", "download.fetch.allowed_networks=[127.0.0.1/32]",
             f"download.concurrency={args.concurrency}", f"download.partitions={args.cores}",
         ])
 

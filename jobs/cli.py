@@ -1,107 +1,98 @@
-"""The `deparrot` console script: one subcommand per job, all sharing --config/--set.
+"""The `deparrot` console script: one subcommand per registered stage (jobs/stages.py).
 
-Databricks `python_wheel_task`s, spark-submit (`jobs/<job>.py`) and a laptop shell all
-end up in `main()` here, so the three run the same code.
+Databricks `python_wheel_task`s, spark-submit (`jobs/submit.py STAGE ...`) and a laptop
+shell all end up in `main()` here, so the three run the same code. Bad input ends in one
+line on stderr and exit status 2; a commit that lost a race with another run ends in one
+line and exit status 3; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import sys
 
-from jobs.config import Config, ConfigError, load_config
+from jobs.config import Config, load_config
+from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
+from jobs.stages import Stage, all_stages
 
-# subcommand -> (help, {flag: dotted config key}) ; flags are shortcuts for --set.
-COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
-    "sample": ("write a generated LAION-style sample (metadata + images)",
-               {"--out": "sample.out", "--rows": "sample.rows"}),
-    "ingest": ("LAION-style parquet metadata -> Delta metadata table",
-               {"--input": "ingest.input", "--family": "ingest.family"}),
-    "download": ("fetch the images (or read img2dataset shards) -> Delta images table",
-                 {"--source": "download.source", "--shards": "download.shards"}),
-    "score": ("OCR text spotting, CLIP score, aesthetics -> Delta scores table", {}),
-    "cluster-train": ("PCA + faiss k-means on a sample of B/32 image embeddings", {}),
-    "cluster-assign": ("nearest centroid (kmeans) for every scored row", {}),
-    "dedup": ("exact and near-duplicate removal within clusters", {}),
-    "publish": ("apply the recipe; write the subset partition by partition", {}),
-    "run": ("the whole pipeline, skipping stages whose output is complete",
-            {"--input": "ingest.input"}),
-    "demo": ("generate the sample and run the whole pipeline on it locally", {}),
-}
+EXIT_USER_ERROR = 2
+EXIT_CONCURRENT_RUN = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stages: list[Stage]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deparrot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, flags) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+    for stage in stages:
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         p.add_argument("--config", help="YAML config file (may `extends:` another)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set ingest.family=laion2b")
-        for flag, key in flags.items():
+        for flag, key in stage.flags.items():
             p.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(),
                            help=f"shortcut for --set {key}=...")
+        for name, kwargs in getattr(stage.run, "cli_arguments", {}).items():
+            p.add_argument(name, **kwargs)
     return parser
 
 
-def parse(argv: list[str]) -> tuple[str, Config]:
-    args = build_parser().parse_args(argv)
+def parse(argv: list[str]) -> tuple[Stage, Config, argparse.Namespace]:
+    stages = all_stages()
+    args = build_parser(stages).parse_args(argv)
+    stage = next(s for s in stages if s.name == args.command)
     overrides = list(args.set)
-    for _, key in COMMANDS[args.command][1].items():
+    for key in stage.flags.values():
         value = getattr(args, key, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return args.command, load_config(args.config, overrides)
+    return stage, load_config(args.config, overrides), args
 
 
-# subcommand -> (module, function); Spark jobs take (spark, cfg), the others (cfg).
-# Modules are imported only when their command runs, so `--help` stays fast.
-SPARK_JOBS: dict[str, tuple[str, str]] = {
-    "ingest": ("jobs.ingest", "run"),
-    "download": ("jobs.download", "run"),
-    "score": ("jobs.score", "run"),
-    "cluster-train": ("jobs.cluster", "train"),
-    "cluster-assign": ("jobs.cluster", "assign"),
-    "dedup": ("jobs.dedup", "run"),
-    "publish": ("jobs.publish", "run"),
-    "run": ("jobs.pipeline", "run"),
-}
-PLAIN_JOBS: dict[str, tuple[str, str]] = {
-    "sample": ("jobs.sample", "generate_from_config"),
-    "demo": ("jobs.demo", "run_demo"),
-}
-
-
-def run_command(command: str, cfg: Config) -> object:
-    if command in PLAIN_JOBS:
-        module, name = PLAIN_JOBS[command]
-        return getattr(importlib.import_module(module), name)(cfg)
+def run_stage(stage: Stage, cfg: Config, args: argparse.Namespace | None = None) -> object:
+    """Run one stage in the right session (reused if one is active, else built locally)."""
+    extra = _extra_arguments(stage, args)
+    if not stage.spark:
+        return stage.run(cfg, **extra)
     from jobs.session import spark_session
 
-    module, name = SPARK_JOBS[command]
-    job = getattr(importlib.import_module(module), name)
     with spark_session(cfg.spark) as spark:
-        return job(spark, cfg)
+        return stage.run(spark, cfg, **extra)
+
+
+def _extra_arguments(stage: Stage, args: argparse.Namespace | None) -> dict[str, object]:
+    names = getattr(stage.run, "cli_arguments", {})
+    if args is None:
+        return {}
+    return {n.lstrip("-").replace("-", "_"): getattr(args, n.lstrip("-").replace("-", "_"))
+            for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else "deparrot"
     try:
-        command, cfg = parse(argv)
-    except ConfigError as exc:
-        print(f"deparrot: config error: {exc}", file=sys.stderr)
-        return 2
-    result = run_command(command, cfg)
+        stage, cfg, args = parse(argv)
+        result = run_stage(stage, cfg, args)
+    except UserError as exc:
+        print(f"deparrot {command}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ConcurrentRunError as exc:
+        print(f"deparrot {command}: {exc}", file=sys.stderr)
+        return EXIT_CONCURRENT_RUN
+    except Exception as exc:
+        if not is_concurrent_write(exc):
+            raise
+        print(f"deparrot {command}: another run is writing the same tables and committed "
+              f"first ({first_line(exc)[:160]}); run again when it has finished: every "
+              "stage resumes where the tables are", file=sys.stderr)
+        return EXIT_CONCURRENT_RUN
     if result is not None:
         print(json.dumps(_jsonable(result), indent=2, default=str))
     return 0
 
 
 def _jsonable(obj: object) -> object:
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = dataclasses.asdict(obj)
         for name in dir(type(obj)):

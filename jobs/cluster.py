@@ -9,7 +9,6 @@ centroid (`kmeans`) and the squared L2 distance to it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/cluster.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from jobs.config import ClusterConfig, Config
+from jobs.errors import UserError
 from jobs.lake import Lake
+from jobs.stages import Stage
 
 CLUSTERS_SCHEMA = T.StructType([
     T.StructField("sample_id", T.LongType(), False),
@@ -58,12 +56,27 @@ def load(cfg: ClusterConfig):
     if published(cfg):
         return clustering.load_published(cfg.published_pca, cfg.published_centroids,
                                          trust_pickle=cfg.trust_pickle)
-    if not (Path(cfg.artifacts) / "centroids.npy").is_file():
+    if not artifacts_exist(cfg):
         raise FileNotFoundError(
             f"no cluster artifacts in {cfg.artifacts}: run `deparrot cluster-train` or set "
             "cluster.published_pca and cluster.published_centroids"
         )
     return clustering.load_artifacts(cfg.artifacts)
+
+
+def artifacts_exist(cfg: ClusterConfig) -> bool:
+    from udfs.clustering import CENTROIDS_FILE
+
+    return (Path(cfg.artifacts) / CENTROIDS_FILE).is_file()
+
+
+def skip_training(spark: SparkSession, cfg: Config) -> str | None:
+    """`deparrot run` trains only when neither published nor own artifacts exist."""
+    if published(cfg.cluster):
+        return "using the published PCA and centroids"
+    if artifacts_exist(cfg.cluster):
+        return f"artifacts exist in {cfg.cluster.artifacts}"
+    return None
 
 
 def embeddings(lake: Lake) -> DataFrame:
@@ -72,14 +85,22 @@ def embeddings(lake: Lake) -> DataFrame:
 
 
 def draw_sample(df: DataFrame, size: int, seed: int) -> np.ndarray:
-    """A uniform sample of at most `size` embeddings, collected as one float32 matrix."""
+    """A uniform sample of at most `size` embeddings, collected as one float32 matrix.
+
+    The same rows in the same order, run after run, however Spark partitions the input:
+    rows are picked by a seeded hash of sample_id (not per-partition random draws) and
+    sorted by sample_id, because k-means is seeded but depends on the order of its input.
+    """
     total = df.count()
     if total == 0:
-        raise ValueError("no scored embeddings to train on: run `deparrot score` first")
+        raise UserError("no scored embeddings to train on: run `deparrot score` first")
     fraction = min(1.0, 1.1 * size / total)
-    picked = df.sample(fraction=fraction, seed=seed).limit(size) if fraction < 1 else df
-    table = picked.select("image_embedding").toArrow()
-    return np.asarray(table.column(0).to_pylist(), dtype=np.float32)
+    picked = df
+    if fraction < 1:
+        bucket = F.pmod(F.xxhash64("sample_id", F.lit(seed)), F.lit(1_000_000))
+        picked = df.where(bucket < int(fraction * 1_000_000))
+    table = picked.orderBy("sample_id").select("image_embedding").toArrow()
+    return np.asarray(table.column(0).to_pylist()[:size], dtype=np.float32)
 
 
 def train(spark: SparkSession, cfg: Config) -> TrainReport:
@@ -129,13 +150,9 @@ def assign(spark: SparkSession, cfg: Config) -> AssignReport:
                         clusters_used=stats["k"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    args = sys.argv[1:] if argv is None else argv
-    command = "cluster-train" if args[:1] == ["train"] else "cluster-assign"
-    return cli_main([command, *(args[1:] if args[:1] in (["train"], ["assign"]) else args)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (
+    Stage("cluster-train", "PCA + faiss k-means on a sample of B/32 image embeddings", train,
+          pipeline=True, skip=skip_training, gpu=True),
+    Stage("cluster-assign", "nearest centroid (kmeans) for every scored row", assign,
+          pipeline=True),
+)

@@ -9,6 +9,7 @@ back to a default on a thousand-GPU run.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +18,15 @@ from typing import Any
 
 import yaml
 
+from jobs.errors import UserError
+from udfs.decode import DEFAULT_MAX_PIXELS
+from udfs.fetch import FetchSettings
+from udfs.parrot import ParrotSettings
+from udfs.resize import ResizeSettings
+from udfs.score import ScoreSettings
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration file or override that cannot be applied."""
 
 
@@ -31,6 +39,10 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)
     # Extra Maven coordinates resolved with the Delta jars for a locally built session.
     extra_packages: list[str] = field(default_factory=list)
+    # Log level of a session deparrot builds itself (ALL..OFF). Failures reach the user
+    # as one line or a Python traceback anyway; executor stack traces in the log only
+    # bury them. Set WARN or INFO to debug.
+    log_level: str = "FATAL"
 
 
 @dataclass
@@ -51,6 +63,13 @@ class TablesConfig:
     clusters: str = "clusters"
     dedup: str = "dedup"
     subset: str = "laion_debiased"
+    # Written by `deparrot analyze` (the paper's parrot statistics).
+    parrot: str = "parrot"
+    parrot_summary: str = "parrot_summary"
+    clip_by_text: str = "clip_by_text"
+    cluster_ocr: str = "cluster_ocr"
+    funnel: str = "funnel"
+    ngrams: str = "ngrams"
 
 
 @dataclass
@@ -66,7 +85,7 @@ class IngestConfig:
     require_text: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class DownloadConfig:
     # http: fetch the metadata URLs; webdataset / parquet: read img2dataset output at `shards`.
     source: str = "http"
@@ -77,58 +96,25 @@ class DownloadConfig:
     concurrency: int = 16  # requests in flight per Spark task
     partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
     rows_per_commit: int = 100_000  # each chunk of this many rows is one Delta commit
-    timeout_s: float = 10.0
-    retries: int = 2
-    backoff_s: float = 0.5
-    max_bytes: int = 20_000_000
-    max_redirects: int = 5
-    max_pixels: int = 40_000_000
-    # X-Robots-Tag directives that make deparrot skip an image (empty list: honour none).
-    disallowed_header_directives: list[str] = field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
-    )
-    # The SSRF guard refuses loopback/private/link-local/reserved hosts unless allowed here.
-    allow_private: bool = False
-    allowed_networks: list[str] = field(default_factory=list)
-    user_agent: str = "deparrot/0.1 (+image-text dataset curation; honours X-Robots-Tag noai)"
-    # img2dataset-style resizing.
-    image_size: int = 256
-    resize_mode: str = "border"  # no | keep_ratio | keep_ratio_largest | center_crop | border
-    resize_only_if_bigger: bool = False
-    min_image_size: int = 0
-    max_aspect_ratio: float = float("inf")
-    encode_format: str = "jpg"  # jpg | png | webp
-    encode_quality: int = 95
+    # The executors' own settings, with their defaults in udfs/: the fetcher (timeouts,
+    # retries, SSRF guard, opt-out headers) and the img2dataset-style resizer.
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    resize: ResizeSettings = field(default_factory=ResizeSettings)
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
-@dataclass
-class ScoreConfig:
-    # Text spotting: a registered spotter (udfs.ocr.register_spotter) and its settings.
-    spotter: str = "rapidocr"
-    ocr_limit_side_len: int = 512
-    ocr_box_thresh: float = 0.6
-    recognize: str = "texted"  # none (detection only) | texted (read where boxes) | all
-    # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path.
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
-    # The aesthetic predictor reads CLIP ViT-L/14 image embeddings.
-    aesthetic_clip_model: str = "ViT-L-14"
-    aesthetic_clip_pretrained: str = "openai"
-    aesthetic_weights: str = ""  # path to sac+logos+ava1-l14-linearMSE.pth
-    # Randomly initialised CLIP/aesthetic weights: only for offline demos and tests.
-    random_init_ok: bool = False
-    # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
-    reuse_similarity: bool = False
-    reuse_aesthetic: bool = False
-    precision: str = "fp16"  # fp16 | bf16 | fp32 (CUDA only; CPU runs float32)
-    prefer_gpu: bool = True
-    batch_size: int = 64  # images per model call
-    # CPU threads each Python worker gives torch and onnxruntime (0 = library default).
-    # Spark already runs one task per core, so more than spark.task.cpus oversubscribes.
-    cpu_threads: int = 1
+@dataclass(frozen=True)
+class ScoreConfig(ScoreSettings):
+    """The executors' ScoreSettings (models, spotter, batch size) plus how the job runs."""
+
     arrow_batch_size: int = 512  # rows per Arrow batch handed to the Python worker
     partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
     rows_per_commit: int = 100_000
+
+    def settings(self) -> ScoreSettings:
+        """Only the executor part: what gets pickled into the UDF and keys its cache."""
+        names = [f.name for f in dataclasses.fields(ScoreSettings)]
+        return ScoreSettings(**{n: getattr(self, n) for n in names})
 
 
 @dataclass
@@ -172,6 +158,30 @@ class PublishConfig:
     clusters_per_partition: int = 100
 
 
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """`deparrot analyze`: the paper's parrot statistics and n-gram vocabularies."""
+
+    # Fuzzy CoTR: Levenshtein distance and minimum word length (udfs/parrot.py).
+    parrot: ParrotSettings = field(default_factory=ParrotSettings)
+    top_k: int = 400_000  # entries kept per n-gram vocabulary (the paper's size)
+    # CSV copies of the vocabularies (word,count), readable by `deparrot sync-score` and
+    # the paper's own scripts; empty = no export.
+    export_dir: str = "data/vocab"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`deparrot report`: a static HTML page with PNG plots, opened from the file system."""
+
+    out: str = "data/report"
+    score_bins: int = 40  # histogram bins for CLIP and aesthetic scores
+    cotr_bins: int = 20
+    contact_sheet: int = 12  # thumbnails per group (removed for text, kept)
+    top_clusters: int = 20  # clusters in the per-cluster OCR-type figure
+    top_ngrams: int = 25
+
+
 @dataclass
 class SampleConfig:
     out: str = "data/sample"
@@ -198,6 +208,8 @@ class Config:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -223,7 +235,11 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"config files extend each other in a loop: {path}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read config file {path}: {detail}") from exc
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = loaded.pop("extends", None)
@@ -276,7 +292,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # the settings' own checks (__post_init__)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
@@ -293,6 +312,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if inner is None and len(args) != len(value):
+            raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(inner or args[i], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}") from None
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
@@ -309,6 +341,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is Any:
+        return value
     if hint is str:
         if isinstance(value, bool):  # YAML turns `true` into a bool; Spark conf wants text
             return "true" if value else "false"

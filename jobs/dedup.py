@@ -10,23 +10,16 @@ The dedup table is rewritten whole in one commit, so a re-run replaces, never ad
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/dedup.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from jobs.config import Config, RecipeConfig
-from jobs.lake import Lake
+from jobs.lake import Lake, tally
 from jobs.recipe import candidates
+from jobs.stages import Stage
 
 DEDUP_SCHEMA = T.StructType([
     T.StructField("sample_id", T.LongType(), False),
@@ -98,10 +91,7 @@ def transform(cands: DataFrame, recipe: RecipeConfig) -> DataFrame:
 
 
 def inputs_signature(lake: Lake, recipe: RecipeConfig) -> str:
-    versions = {k: lake.version(k) for k in ("metadata", "images", "scores", "clusters")}
-    payload = json.dumps({"versions": versions, "recipe": dataclasses.asdict(recipe)},
-                         sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()
+    return lake.signature(("metadata", "images", "scores", "clusters"), recipe=recipe)
 
 
 def run(spark: SparkSession, cfg: Config, force: bool = False) -> DedupReport:
@@ -118,20 +108,14 @@ def run(spark: SparkSession, cfg: Config, force: bool = False) -> DedupReport:
                                     for f in DEDUP_SCHEMA.fields])
         conformed.writeTo(lake.ref("dedup").name).overwrite(F.lit(True))
         lake.set_properties("dedup", {"deparrot.inputs": sig})
-    for row in lake.read("dedup").groupBy("kept", "reason").count().collect():
-        report.candidates += row["count"]
-        if row["kept"]:
-            report.kept += row["count"]
+    for (kept, reason), count in tally(lake.read("dedup"), "kept", "reason").items():
+        report.candidates += count
+        if kept:
+            report.kept += count
         else:
-            report.removed[row["reason"]] = row["count"]
+            report.removed[reason] = count
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["dedup", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("dedup", "exact and near-duplicate removal within clusters", run,
+                pipeline=True),)

@@ -19,6 +19,7 @@ from pathlib import Path
 from jobs.config import Config
 from jobs.sample import generate
 from jobs.session import spark_session
+from jobs.stages import Stage
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -74,3 +75,7 @@ def run_demo(cfg: Config) -> None:
                 print(f"spark.sql> {query}")
                 spark.sql(query).show(truncate=False)
             print(f"input rows: {sample.rows} = subset + rejected (every row accounted for)")
+
+
+STAGES = (Stage("demo", "generate the sample and run the whole pipeline on it locally",
+                run_demo, spark=False),)

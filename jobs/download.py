@@ -13,21 +13,18 @@ a retryable error.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/download.py` from a checkout
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.chunks import chunk_count, chunks
+from jobs.chunks import Progress, chunk_count, chunks
 from jobs.config import Config, DownloadConfig
-from jobs.lake import Lake
+from jobs.errors import UserError
+from jobs.lake import Lake, reject_rows, tally
+from jobs.stages import Stage
 from jobs.timing import Laps
 
 STAGE = "download"
@@ -66,28 +63,15 @@ class DownloadReport:
 
 
 def fetch_settings(cfg: DownloadConfig):
-    from udfs.fetch import FetchSettings
-
-    return FetchSettings(
-        timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
-        max_bytes=cfg.max_bytes, max_redirects=cfg.max_redirects, user_agent=cfg.user_agent,
-        disallowed_header_directives=tuple(cfg.disallowed_header_directives),
-        allow_private=cfg.allow_private, allowed_networks=tuple(cfg.allowed_networks),
-        pool_maxsize=max(16, cfg.concurrency),
-    )
+    """The fetcher's settings, with a connection pool big enough for the concurrency."""
+    return dataclasses.replace(cfg.fetch, pool_maxsize=max(cfg.fetch.pool_maxsize,
+                                                           cfg.concurrency))
 
 
 def image_settings(cfg: DownloadConfig):
     from udfs.images import ImageSettings
-    from udfs.resize import ResizeSettings
 
-    resize = ResizeSettings(
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode,
-        resize_only_if_bigger=cfg.resize_only_if_bigger, min_image_size=cfg.min_image_size,
-        max_aspect_ratio=cfg.max_aspect_ratio, encode_format=cfg.encode_format,
-        encode_quality=cfg.encode_quality,
-    )
-    return ImageSettings(resize=resize, max_pixels=cfg.max_pixels)
+    return ImageSettings(resize=cfg.resize, max_pixels=cfg.max_pixels)
 
 
 def pending(metadata: DataFrame, images: DataFrame) -> DataFrame:
@@ -113,7 +97,7 @@ def fetch_http(todo: DataFrame, cfg: DownloadConfig) -> DataFrame:
 def shard_members(spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
     """img2dataset output as rows (url, sample_id, image); one row per URL/id."""
     if not cfg.shards:
-        raise ValueError(f"download.source={cfg.source} needs download.shards (a folder)")
+        raise UserError(f"download.source={cfg.source} needs download.shards (a folder)")
     if cfg.source == "webdataset":
         from udfs.images import tar_batches
 
@@ -124,11 +108,14 @@ def shard_members(spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
         members = tars.select("path", "content").mapInPandas(tar_batches, schema=schema)
         members = members.where(F.col("shard_error").isNull())
     else:
-        df = spark.read.option("recursiveFileLookup", "true").parquet(cfg.shards)
+        # img2dataset writes NNNNN_stats.json (and .tar with --output_format webdataset)
+        # beside each NNNNN.parquet: read only the parquet shards.
+        df = (spark.read.option("recursiveFileLookup", "true")
+              .option("pathGlobFilter", "*.parquet").parquet(cfg.shards))
         by_lower = {c.lower(): c for c in df.columns}
         image_cols = [F.col(by_lower[c]) for c in ("jpg", "png", "webp") if c in by_lower]
         if not image_cols:
-            raise ValueError(f"{cfg.shards}: no jpg/png/webp column; not img2dataset parquet")
+            raise UserError(f"{cfg.shards}: no jpg/png/webp column; not img2dataset parquet")
         sid = by_lower.get("sample_id")
         members = df.select(
             F.col(by_lower.get("key", "url")).cast("string").alias("key"),
@@ -146,7 +133,7 @@ def read_shards(todo: DataFrame, spark: SparkSession, cfg: DownloadConfig) -> Da
     from udfs.images import encode_batches
 
     if cfg.match_by not in ("url", "sample_id"):
-        raise ValueError(f"download.match_by must be url or sample_id, got {cfg.match_by!r}")
+        raise UserError(f"download.match_by must be url or sample_id, got {cfg.match_by!r}")
     members = shard_members(spark, cfg).select(cfg.match_by, F.col("image").alias("data"))
     joined = todo.join(members, on=cfg.match_by, how="left").select(
         "sample_id", "url", "data",
@@ -162,23 +149,18 @@ def read_shards(todo: DataFrame, spark: SparkSession, cfg: DownloadConfig) -> Da
 
 def refresh_rejects(lake: Lake) -> None:
     """Make the `download` rejects exactly the images rows in error (one atomic commit)."""
-    errors = lake.read("images").where(F.col("status") == "error").select(
-        F.lit(STAGE).alias("stage"),
-        F.col("error").alias("reason"),
-        F.col("sample_id").cast("string").alias("reject_key"),
-        "sample_id",
-        F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
-                 F.lit(" attempts="), F.col("attempts").cast("string")).alias("detail"),
-        F.to_json(F.struct("url", "source", "original_width", "original_height")).alias(
-            "record"),
-    )
-    lake.replace_rejects(STAGE, errors)
+    errors = lake.read("images").where(F.col("status") == "error")
+    detail = F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
+                      F.lit(" attempts="), F.col("attempts").cast("string"))
+    lake.replace_rejects(STAGE, reject_rows(
+        errors, STAGE, "error", detail,
+        record=("url", "source", "original_width", "original_height")))
 
 
 def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     dl = cfg.download
     if dl.source not in SOURCES:
-        raise ValueError(f"download.source must be one of {SOURCES}, got {dl.source!r}")
+        raise UserError(f"download.source must be one of {SOURCES}, got {dl.source!r}")
     image_settings(dl)  # validate resize settings on the driver, before any task runs
     lake = Lake(spark, cfg)
     lake.ensure("images", TABLE_SCHEMA)
@@ -189,6 +171,7 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     report.pending = todo.count()
     report.chunks = chunk_count(report.pending, dl.rows_per_commit)
     lap("plan")
+    progress = Progress(STAGE, report.pending, report.chunks)
     for part in chunks(todo, report.chunks):
         rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
         rows = rows.withColumn("fetched_at", F.current_timestamp())
@@ -198,22 +181,18 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
         lap("fetch")
         lake.upsert("images", rows, on=["sample_id"])
         lap("write")
+        progress.chunk_done()
     refresh_rejects(lake)
     lap("rejects")
-    for row in lake.read("images").groupBy("status", "error").count().collect():
-        if row["status"] == "ok":
-            report.ok += row["count"]
+    for (status, error), count in tally(lake.read("images"), "status", "error").items():
+        if status == "ok":
+            report.ok += count
         else:
-            report.errors[row["error"]] = row["count"]
+            report.errors[error] = count
     lap("report")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["download", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("download", "fetch the images (or read img2dataset shards) -> Delta images "
+                "table", run, flags={"--source": "download.source", "--shards": "download.shards"},
+                pipeline=True),)

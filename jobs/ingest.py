@@ -8,7 +8,7 @@ nothing and a crash between the two table commits is finished by the next run.
 
 from __future__ import annotations
 
-import sys
+import re
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
@@ -16,13 +16,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/ingest.py` from a checkout
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from jobs.config import Config, IngestConfig
+from jobs.errors import UserError
 from jobs.lake import Lake
+from jobs.stages import Stage
 
 STAGE = "ingest"
 FAMILIES = ("laion400m", "laion2b", "datacomp")
@@ -96,15 +93,41 @@ def detect_family(columns: list[str]) -> str:
         return "laion400m"
     if "url" in cols and "text" in cols:
         return "laion2b"
-    raise ValueError(
+    raise UserError(
         "cannot tell the metadata family from columns "
         f"{sorted(columns)}; set ingest.family to one of {', '.join(FAMILIES)}"
     )
 
 
+def skip_when_complete(spark: SparkSession, cfg: Config) -> str | None:
+    """Every input file's rows are all in metadata or ingest rejects (the invariant)."""
+    lake = Lake(spark, cfg)
+    if not cfg.ingest.input or not lake.exists("metadata") or not lake.exists("rejects"):
+        return None
+    given = read_input(spark, cfg.ingest.input).groupBy(
+        F.col("_source_file").alias("source_file")).count()
+    kept = lake.read("metadata").groupBy("source_file").count()
+    rejected = lake.read("rejects").where(F.col("stage") == STAGE).groupBy(
+        "source_file").count()
+    have = kept.unionByName(rejected).groupBy("source_file").agg(F.sum("count").alias("have"))
+    missing = given.join(have, "source_file", "left").where(
+        F.coalesce(F.col("have"), F.lit(0)) != F.col("count"))
+    if missing.limit(1).count():
+        return None
+    return "every input row is already accounted for"
+
+
 def read_input(spark: SparkSession, path: str) -> DataFrame:
-    """Read a parquet file or a folder of them, tagging each row with its file and row."""
-    df = spark.read.option("recursiveFileLookup", "true").parquet(path)
+    """Read a parquet file or a folder of them, tagging each row with its file and row.
+
+    Only `*.parquet` files are read, so sidecar files (img2dataset's `_stats.json`,
+    `_SUCCESS`, checksums) beside the metadata are ignored.
+    """
+    try:
+        df = (spark.read.option("recursiveFileLookup", "true")
+              .option("pathGlobFilter", "*.parquet").parquet(path))
+    except Exception as exc:
+        raise input_error(exc, path) from None
     return df.select(
         "*",
         F.col("_metadata.file_path").alias("_source_file"),
@@ -112,10 +135,29 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
     )
 
 
+_BAD_FILE = re.compile(r"((?:[a-z][a-z0-9+.-]*:)?/[^\s'\"]*?\.parquet)", re.IGNORECASE)
+
+
+def input_error(exc: Exception, path: str) -> Exception:
+    """Turn Spark's reading errors into one line a person can act on (else re-raise)."""
+    text = str(exc)
+    if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
+        return UserError(f"input path not found: {path}")
+    if "UNABLE_TO_INFER_SCHEMA" in text:
+        return UserError(f"no parquet files in {path}")
+    bad = _BAD_FILE.search(text)
+    if bad and any(k in text for k in ("FAILED_READ_FILE", "not a Parquet file", "corrupt",
+                                        "CANNOT_READ_FILE_FOOTER", "EOFException")):
+        return UserError(
+            f"cannot read parquet file {bad.group(1)}: it is corrupt or truncated. Nothing "
+            "was written; re-fetch the file or move it out of the input, then run again")
+    return exc
+
+
 def normalise(raw: DataFrame, family: str) -> DataFrame:
     """Map a family's columns onto METADATA_SCHEMA (plus `_record`, the original row)."""
     if family not in COLUMN_MAP:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+        raise UserError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     by_lower = {c.lower(): c for c in raw.columns if not c.startswith("_source")}
     original = [c for c in raw.columns if not c.startswith("_source")]
     mapping = COLUMN_MAP[family]
@@ -173,7 +215,7 @@ def validate(df: DataFrame, cfg: IngestConfig) -> DataFrame:
         rules.append((F.col("text").isNull() | (F.trim(F.col("text")) == ""), "missing_text"))
     for name in cfg.required_numbers:
         if name not in NUMERIC:
-            raise ValueError(f"ingest.required_numbers: {name!r} is not one of {NUMERIC}")
+            raise UserError(f"ingest.required_numbers: {name!r} is not one of {NUMERIC}")
         rules.append((F.col(name).isNull(), f"missing_number:{name}"))
     for name in NUMERIC:
         rules.append((F.col(name).isNotNull() & ~_finite(F.col(name)), f"non_finite:{name}"))
@@ -232,14 +274,24 @@ def transform(raw: DataFrame, cfg: IngestConfig, existing: DataFrame | None) -> 
 
 def run(spark: SparkSession, cfg: Config) -> IngestReport:
     if not cfg.ingest.input:
-        raise ValueError("ingest.input is empty: pass --input PATH or --set ingest.input=PATH")
+        raise UserError("ingest.input is empty: pass --input PATH or --set ingest.input=PATH")
+    raw = read_input(spark, cfg.ingest.input)  # bad paths fail before any table exists
+    if cfg.ingest.family == "auto":
+        detect_family(raw.columns)
     lake = Lake(spark, cfg)
     lake.ensure("metadata", METADATA_SCHEMA)
     # Pin the version we compare against so both commits below see the same classification.
     existing = lake.read("metadata", version=lake.version("metadata"))
-    classified = transform(read_input(spark, cfg.ingest.input), cfg.ingest, existing)
+    classified = transform(raw, cfg.ingest, existing)
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        # Read everything before the first commit: a corrupt file stops the job here,
+        # naming the file, instead of after some files' rows were written. (A partly
+        # readable file must not be ingested in part: its missing rows would vanish.)
+        try:
+            classified.count()
+        except Exception as exc:
+            raise input_error(exc, cfg.ingest.input) from None
         keep = classified.where(F.col("_status") == "keep").select(
             *[F.col(f.name) for f in METADATA_SCHEMA.fields if f.name != "ingested_at"],
             F.current_timestamp().alias("ingested_at"),
@@ -271,11 +323,6 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["ingest", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("ingest", "LAION-style parquet metadata -> Delta metadata table", run,
+                flags={"--input": "ingest.input", "--family": "ingest.family"},
+                pipeline=True, skip=skip_when_complete),)

@@ -8,14 +8,23 @@ Two layouts share one code path:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import Config
+from jobs.errors import ConcurrentRunError, first_line, is_concurrent_write
+
+R = TypeVar("R")
 
 REJECTS_SCHEMA = T.StructType(
     [
@@ -32,6 +41,50 @@ REJECTS_SCHEMA = T.StructType(
         T.StructField("rejected_at", T.TimestampType(), True),
     ]
 )
+
+
+def reject_rows(df: DataFrame, stage: str, reason: str = "error", detail: Column | None = None,
+                record: tuple[str, ...] = ()) -> DataFrame:
+    """Rows of `df` (keyed by sample_id) in the rejects layout, ready for replace_rejects."""
+    cols = [F.lit(stage).alias("stage"), F.col(reason).alias("reason"),
+            F.col("sample_id").cast("string").alias("reject_key"), "sample_id"]
+    if detail is not None:
+        cols.append(detail.alias("detail"))
+    if record:
+        cols.append(F.to_json(F.struct(*record)).alias("record"))
+    return df.select(*cols)
+
+
+def tally(df: DataFrame, *columns: str) -> dict[Any, int]:
+    """Row counts per value of `columns` (a tuple key when there are several)."""
+    out: dict[Any, int] = {}
+    for row in df.groupBy(*columns).count().collect():
+        key = row[columns[0]] if len(columns) == 1 else tuple(row[c] for c in columns)
+        out[key] = out.get(key, 0) + row["count"]
+    return out
+
+
+def with_commit_retries(action: Callable[[], R], attempts: int = 3) -> R:
+    """Run a Delta commit again when another writer won the race, if `action` is idempotent.
+
+    MERGEs that insert only missing keys, upserts of the same rows and replaceWhere of a
+    partition give the same table however often they run, so a conflict is retried
+    against the new snapshot. After `attempts`, one clear error says another run is
+    writing the same tables.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if not is_concurrent_write(exc):
+                raise
+            if attempt == attempts:
+                raise ConcurrentRunError(
+                    "another run keeps committing to the same tables "
+                    f"({first_line(exc)[:120]}); run again when it has finished: every "
+                    "stage resumes where the tables are") from None
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -134,10 +187,14 @@ class Lake:
 
     def _merge(self, key: str, df: DataFrame, on: list[str], update: bool) -> None:
         cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
-        merge = self.delta(key).alias("t").merge(df.alias("s"), cond)
-        if update:
-            merge = merge.whenMatchedUpdateAll()
-        merge.whenNotMatchedInsertAll().execute()
+
+        def commit() -> None:
+            merge = self.delta(key).alias("t").merge(df.alias("s"), cond)
+            if update:
+                merge = merge.whenMatchedUpdateAll()
+            merge.whenNotMatchedInsertAll().execute()
+
+        with_commit_retries(commit)
 
     def replace_where(self, key: str, df: DataFrame, condition: str,
                       user_metadata: str | None = None) -> None:
@@ -147,9 +204,20 @@ class Lake:
         if user_metadata is not None:
             writer = writer.option("userMetadata", user_metadata)
         if ref.path is not None:
-            writer.save(ref.path)
+            with_commit_retries(lambda: writer.save(ref.path))
         else:
-            writer.saveAsTable(ref.name)
+            with_commit_retries(lambda: writer.saveAsTable(ref.name))
+
+    def signature(self, tables: tuple[str, ...], **settings: Any) -> str:
+        """A digest of the tables' versions and the settings: what an output depends on.
+
+        A stage stores it with its output and skips (or resumes) when it is unchanged.
+        """
+        payload = {"versions": {k: self.version(k) for k in tables},
+                   **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                      for k, v in settings.items()}}
+        return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()
+                            ).hexdigest()
 
     def properties(self, key: str) -> dict[str, str]:
         ref = self.register(key)
@@ -190,4 +258,5 @@ class Lake:
         current = self.read("rejects").where(F.col("stage") == F.lit(stage))
         if not conformed.limit(1).count() and not current.limit(1).count():
             return  # nothing to replace: no empty commit (re-runs keep table versions)
-        conformed.writeTo(ref.name).overwrite(F.col("stage") == F.lit(stage))
+        with_commit_retries(
+            lambda: conformed.writeTo(ref.name).overwrite(F.col("stage") == F.lit(stage)))

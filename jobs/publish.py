@@ -10,22 +10,18 @@ re-run skips the finished partitions and rewrites the others: no row twice, none
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/publish.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.config import Config, to_dict
-from jobs.lake import Lake
+from jobs.config import Config
+from jobs.errors import UserError
+from jobs.lake import Lake, reject_rows, tally
 from jobs.recipe import decided, filter_reason, joined
+from jobs.stages import Stage
 
 STAGE = "publish"
 SUBSET_SCHEMA = T.StructType([
@@ -80,10 +76,8 @@ def subset_columns(df: DataFrame, clusters_per_partition: int) -> DataFrame:
 
 def signature(lake: Lake, cfg: Config) -> str:
     """What the subset is a function of: input table versions and the recipe settings."""
-    versions = {k: lake.version(k) for k in ("metadata", "images", "scores", "clusters", "dedup")}
-    payload = {"versions": versions, "recipe": to_dict(cfg)["recipe"],
-               "publish": to_dict(cfg)["publish"]}
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return lake.signature(("metadata", "images", "scores", "clusters", "dedup"),
+                          recipe=cfg.recipe, publish=cfg.publish)
 
 
 def finished_parts(lake: Lake, sig: str) -> set[int]:
@@ -108,15 +102,12 @@ def run(spark: SparkSession, cfg: Config) -> PublishReport:
     lake = Lake(spark, cfg)
     ref = lake.ensure("subset", SUBSET_SCHEMA, partition_by=("part",))
     if not lake.exists("dedup"):
-        raise RuntimeError(f"table {lake.ref('dedup').name} is missing: run `deparrot dedup`")
+        raise UserError(f"table {lake.ref('dedup').name} is missing: run `deparrot dedup`")
     sig = signature(lake, cfg)
     rows = classify(lake, cfg)
-    rejects = rows.where(F.col("reason").isNotNull()).select(
-        F.lit(STAGE).alias("stage"), "reason",
-        F.col("sample_id").cast("string").alias("reject_key"), "sample_id",
-        F.to_json(F.struct("url", "text", "ocr_box_count", "clip_score", "aesthetic_score",
-                           "kmeans")).alias("record"))
-    lake.replace_rejects(STAGE, rejects)
+    lake.replace_rejects(STAGE, reject_rows(
+        rows.where(F.col("reason").isNotNull()), STAGE, "reason",
+        record=("url", "text", "ocr_box_count", "clip_score", "aesthetic_score", "kmeans")))
     keep = subset_columns(rows.where(F.col("reason").isNull()),
                           cfg.publish.clusters_per_partition)
     parts = sorted(r["part"] for r in keep.select("part").distinct().collect())
@@ -132,17 +123,9 @@ def run(spark: SparkSession, cfg: Config) -> PublishReport:
         write_partition(lake, keep.where(F.col("part") == part), part, sig)
         report.partitions_written += 1
     report.kept = lake.read("subset").count()
-    for row in lake.read("rejects").where(F.col("stage") == STAGE).groupBy("reason").count() \
-            .collect():
-        report.rejected[row["reason"]] = row["count"]
+    report.rejected = tally(lake.read("rejects").where(F.col("stage") == STAGE), "reason")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["publish", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("publish", "apply the recipe; write the subset partition by partition", run,
+                pipeline=True),)

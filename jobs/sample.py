@@ -10,7 +10,6 @@ photo (no text), text (rendered words, caption parrots them), exact_dup / near_d
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from jobs.config import Config, SampleConfig
+from jobs.stages import Stage
 
 WORDS = [
     "SUMMER SALE", "OPEN 24 HOURS", "BEST COFFEE", "GRAND OPENING", "FREE WIFI",
@@ -229,11 +229,6 @@ def metadata_table(rows: int, seed: int = 0, start_id: int = 0) -> pa.Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["sample", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("sample", "write a generated LAION-style sample (metadata + images)",
+                generate_from_config, flags={"--out": "sample.out", "--rows": "sample.rows"},
+                spark=False),)

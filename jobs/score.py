@@ -15,14 +15,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-if __package__ in (None, ""):  # `spark-submit jobs/score.py` from a checkout
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.chunks import chunk_count, chunks
+from jobs.chunks import Progress, chunk_count, chunks
 from jobs.config import Config, ScoreConfig
-from jobs.lake import Lake
+from jobs.errors import UserError
+from jobs.lake import Lake, reject_rows, tally
+from jobs.stages import Stage
 from jobs.timing import Laps
 
 STAGE = "score"
@@ -68,31 +65,15 @@ class ScoreReport:
 
 
 def score_settings(cfg: ScoreConfig):
-    from udfs.score import ScoreSettings
-
-    if cfg.recognize not in ("none", "texted", "all"):
-        raise ValueError(f"score.recognize must be none, texted or all, got {cfg.recognize!r}")
+    """The executor settings, refusing random weights unless explicitly allowed."""
     missing = random_parts(cfg)
     if missing and not cfg.random_init_ok:
-        raise ValueError(
+        raise UserError(
             f"{', '.join(missing)} empty or 'random': refusing randomly initialised "
             "weights. Give an open_clip pretrained tag or a checkpoint path, or set "
             "score.random_init_ok=true for an offline demo (its scores mean nothing)."
         )
-    options: tuple = ()
-    if cfg.spotter == "rapidocr":
-        options = (("det_limit_side_len", cfg.ocr_limit_side_len),
-                   ("box_thresh", cfg.ocr_box_thresh))
-    return ScoreSettings(
-        spotter=cfg.spotter, spotter_options=options, recognize=cfg.recognize,
-        clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained or None,
-        aesthetic_clip_model=cfg.aesthetic_clip_model,
-        aesthetic_clip_pretrained=cfg.aesthetic_clip_pretrained or None,
-        aesthetic_weights=cfg.aesthetic_weights or None, random_init_ok=cfg.random_init_ok,
-        precision=cfg.precision, prefer_gpu=cfg.prefer_gpu, batch_size=cfg.batch_size,
-        cpu_threads=cfg.cpu_threads,
-        reuse_similarity=cfg.reuse_similarity, reuse_aesthetic=cfg.reuse_aesthetic,
-    )
+    return cfg.settings()
 
 
 def random_parts(cfg: ScoreConfig) -> list[str]:
@@ -147,11 +128,13 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     report.pending = todo.count()
     lap("plan")
     report.chunks = chunk_count(report.pending, sc.rows_per_commit)
+    progress = Progress(STAGE, report.pending, report.chunks)
     for part in chunks(todo, report.chunks):
         rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
         # A plain append suffices: `todo` excludes every id already scored, and each
         # chunk is one atomic commit, so a crash never leaves half a chunk behind.
         rows.writeTo(lake.ref("scores").name).append()
+        progress.chunk_done()
     lap("score_and_write")
     lake.set_properties("scores", {
         "deparrot.clip_model": f"{sc.clip_model}:{sc.clip_pretrained or 'random'}",
@@ -161,26 +144,19 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
         "deparrot.random_init": str(report.random_init).lower(),
         "deparrot.warning": RANDOM_WARNING if report.random_init else "",
     })
-    errors = lake.read("scores").where(F.col("status") == "error").select(
-        F.lit(STAGE).alias("stage"), F.col("error").alias("reason"),
-        F.col("sample_id").cast("string").alias("reject_key"), "sample_id")
-    lake.replace_rejects(STAGE, errors)
+    errors = lake.read("scores").where(F.col("status") == "error")
+    lake.replace_rejects(STAGE, reject_rows(errors, STAGE, "error"))
     lap("properties_and_rejects")
-    for row in lake.read("scores").groupBy("status", "error", "has_text").count().collect():
-        if row["status"] == "ok":
-            report.ok += row["count"]
-            report.with_text += row["count"] if row["has_text"] else 0
+    for (status, error, has_text), count in tally(
+            lake.read("scores"), "status", "error", "has_text").items():
+        if status == "ok":
+            report.ok += count
+            report.with_text += count if has_text else 0
         else:
-            report.errors[row["error"]] = report.errors.get(row["error"], 0) + row["count"]
+            report.errors[error] = report.errors.get(error, 0) + count
     lap("report")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["score", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+STAGES = (Stage("score", "OCR text spotting, CLIP score, aesthetics -> Delta scores table",
+                run, pipeline=True, gpu=True),)

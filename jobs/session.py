@@ -8,10 +8,13 @@ the first run).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from jobs.config import SparkConfig
 
@@ -48,6 +51,9 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
     # Local Python workers must run the driver's interpreter (and so see its packages).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.master(cfg.master)
+    # Spark's progress bar helps a person at a terminal and garbles CI logs.
+    watched = sys.stderr.isatty() and not os.environ.get("CI")
+    builder = builder.config("spark.ui.showConsoleProgress", str(watched).lower())
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     try:
@@ -57,9 +63,16 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
             "delta-spark is not installed: install deparrot with the 'local' extra "
             "(pip install 'deparrot[local]') or run under spark-submit --packages."
         ) from exc
-    builder = configure_spark_with_delta_pip(builder, extra_packages=list(cfg.extra_packages))
+    cached = cached_jars(cfg.extra_packages)
+    if cached:
+        # Jars resolved by an earlier run: no Ivy resolution (seconds, and a page of its
+        # report on stderr at every start).
+        builder = builder.config("spark.jars", ",".join(cached))
+    else:
+        builder = configure_spark_with_delta_pip(builder,
+                                                 extra_packages=list(cfg.extra_packages))
     try:
-        return builder.getOrCreate(), True
+        spark = builder.getOrCreate()
     except Exception as exc:
         raise SparkStartError(
             "Could not start a local Spark session with Delta Lake. The delta-spark jars "
@@ -68,12 +81,59 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
             "on the classpath yourself (spark.jars) and set spark.master to '' so deparrot "
             f"does not resolve them. Cause: {exc}"
         ) from exc
+    if not cached:
+        remember_jars(cfg.extra_packages, spark.conf.get("spark.jars", ""))
+    return spark, True
+
+
+def _jars_record(extra_packages: list[str]) -> Path:
+    import pyspark
+
+    try:
+        from importlib.metadata import version
+
+        delta = version("delta-spark")
+    except Exception:  # pragma: no cover - delta-spark missing: nothing to cache
+        delta = "none"
+    key = json.dumps([pyspark.__version__, delta, sorted(extra_packages)])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "deparrot" / f"spark-jars-{digest}.json"
+
+
+def cached_jars(extra_packages: list[str]) -> list[str]:
+    """The jar files an earlier resolution of the same packages produced, if all exist."""
+    record = _jars_record(list(extra_packages))
+    try:
+        jars = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    paths = [j.removeprefix("file://").removeprefix("file:") for j in jars]
+    if not paths or not all(Path(p).is_file() for p in paths):
+        return []
+    return paths
+
+
+def remember_jars(extra_packages: list[str], spark_jars: str) -> None:
+    jars = [j for j in spark_jars.split(",") if j.strip()]
+    if not jars:
+        return
+    record = _jars_record(list(extra_packages))
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(jars))
+        tmp.replace(record)
+    except OSError:  # a read-only home only costs the next start its Ivy resolution
+        pass
 
 
 @contextmanager
 def spark_session(cfg: SparkConfig) -> Iterator:
     """Yield a session; stop it afterwards only if this block created it."""
     spark, created = get_spark(cfg)
+    if created and cfg.log_level:
+        spark.sparkContext.setLogLevel(cfg.log_level)
     try:
         yield spark
     finally:

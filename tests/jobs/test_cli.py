@@ -1,47 +1,122 @@
+"""The CLI from the stage registry, and how it speaks to people about bad input."""
+
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from jobs.cli import COMMANDS, main, parse
+from jobs import cli
+from jobs.stages import STAGE_MODULES, all_stages, get_stage, pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_unknown_key_exits_2_and_names_it(capsys):
-    assert main(["ingest", "--set", "ingest.famliy=x"]) == 2
-    assert "ingest.famliy" in capsys.readouterr().err
+    assert cli.main(["ingest", "--set", "ingest.famliy=x"]) == 2
+    err = capsys.readouterr().err
+    assert "ingest.famliy" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_config_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("storage: [unclosed\n")
+    assert cli.main(["ingest", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read config file" in err and "bad.yaml" in err
+    assert cli.main(["ingest", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_settings_checks_become_config_errors(capsys):
+    assert cli.main(["score", "--set", "score.recognize=sometimes"]) == 2
+    assert "recognize must be none, texted or all" in capsys.readouterr().err
+    assert cli.main(["score", "--set", "score.spotter=deepsolo"]) == 2
+    assert "import path" in capsys.readouterr().err
+    assert cli.main(["download", "--set", "download.resize.resize_mode=stretch"]) == 2
+    assert "download.resize.resize_mode must be one of" in capsys.readouterr().err
 
 
 def test_flag_shortcuts_become_config():
-    command, cfg = parse(["ingest", "--config", str(ROOT / "conf/local.yaml"),
-                          "--input", "/data/x", "--family", "datacomp"])
-    assert command == "ingest"
+    stage, cfg, _ = cli.parse(["ingest", "--config", str(ROOT / "conf/local.yaml"),
+                               "--input", "/data/x", "--family", "datacomp"])
+    assert stage.name == "ingest"
     assert (cfg.ingest.input, cfg.ingest.family) == ("/data/x", "datacomp")
     assert cfg.spark.master == "local[2]" and cfg.storage.root == "data/lake"
 
 
-def test_every_bundle_task_is_a_valid_deparrot_command():
-    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
-    tasks = bundle["resources"]["jobs"]["deparrot_pipeline"]["tasks"]
-    assert {t["python_wheel_task"]["entry_point"] for t in tasks} == {"deparrot"}
+def test_nested_executor_settings_from_yaml_and_set():
+    _, cfg, _ = cli.parse(["download", "--config", str(ROOT / "conf/demo.yaml"),
+                           "--set", "download.fetch.timeout_s=3",
+                           "--set", "score.spotter_options.det_limit_side_len=736"])
+    assert cfg.download.fetch.allowed_networks == ("127.0.0.1/32",)
+    assert cfg.download.fetch.timeout_s == 3.0
+    assert cfg.download.resize.resize_mode.value == "keep_ratio_largest"
+    assert cfg.score.spotter_options == {"det_limit_side_len": 736}
+    assert cfg.score.settings().spotter_options == {"det_limit_side_len": 736}
+
+
+def test_registry_drives_parser_and_pipeline():
+    names = [s.name for s in all_stages()]
+    assert len(names) == len(set(names))
+    assert [s.name for s in pipeline_stages()] == [
+        "ingest", "download", "score", "cluster-train", "cluster-assign", "dedup", "publish"]
+    parser = cli.build_parser(all_stages())
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(names)
+    for stage in all_stages():
+        assert callable(stage.run) and stage.help
+    assert get_stage("run").run.__module__ == "jobs.pipeline"
+    assert len(STAGE_MODULES) == len(set(STAGE_MODULES))
+
+
+def test_submit_script_runs_any_stage():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "jobs/submit.py"), "ingest", "--help"],
+                         capture_output=True, text=True, cwd="/", check=True).stdout
+    assert "--input" in out and "LAION-style parquet" in out
+
+
+def _bundle() -> dict:
+    return yaml.safe_load((ROOT / "databricks.yml").read_text())
+
+
+def _substitute(value, variables):
+    if hasattr(value, "path") and hasattr(value, "value"):  # a bundles Variable reference
+        value = value.value
+    if isinstance(value, str):
+        value = value.replace("${workspace.file_path}", str(ROOT))
+        return re.sub(r"\$\{var\.(\w+)\}", lambda m: str(variables[m[1]]), value)
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    return value
+
+
+def test_bundle_jobs_load_as_typed_resources_and_match_the_registry():
+    jobs_mod = pytest.importorskip("databricks.bundles.jobs")
+    bundle = _bundle()
     variables = {k: v["default"] for k, v in bundle["variables"].items()}
-    for task in tasks:
-        argv = []
-        for arg in task["python_wheel_task"]["parameters"]:
-            arg = arg.replace("${workspace.file_path}", str(ROOT))
-            argv.append(re.sub(r"\$\{var\.(\w+)\}", lambda m: str(variables[m[1]]), arg))
-        assert argv[0] in COMMANDS
-        _, cfg = parse(argv)
-        assert cfg.spark.master == "" and cfg.storage.root == ""  # the runtime's session
-        assert cfg.storage.catalog == variables["catalog"]
-
-
-def test_every_command_resolves_to_a_function():
-    import importlib
-
-    from jobs.cli import PLAIN_JOBS, SPARK_JOBS
-
-    assert set(COMMANDS) == set(SPARK_JOBS) | set(PLAIN_JOBS)
-    for module, name in (*SPARK_JOBS.values(), *PLAIN_JOBS.values()):
-        assert callable(getattr(importlib.import_module(module), name))
+    stages = {s.name: s for s in all_stages()}
+    for job_name, job_dict in bundle["resources"]["jobs"].items():
+        job = jobs_mod.Job.from_dict(job_dict)  # the bundle's own typed schema
+        clusters = {c.job_cluster_key for c in job.job_clusters}
+        keys = {t.task_key for t in job.tasks}
+        for task in job.tasks:
+            wheel = task.python_wheel_task
+            assert (wheel.package_name, wheel.entry_point) == ("deparrot", "deparrot")
+            assert task.job_cluster_key in clusters
+            assert all(d.task_key in keys for d in task.depends_on or [])
+            argv = _substitute(list(wheel.parameters), variables)
+            stage = stages[argv[0]]
+            assert task.job_cluster_key == ("gpu" if stage.gpu else "cpu"), task.task_key
+            parsed, cfg, _ = cli.parse(argv)
+            assert parsed is stage
+            assert cfg.spark.master == "" and cfg.storage.root == ""  # the runtime's session
+            assert cfg.storage.catalog == variables["catalog"]
+        if job_name == "deparrot_pipeline":
+            ran = [_substitute(t.python_wheel_task.parameters, variables)[0] for t in job.tasks]
+            assert ran == [s.name for s in pipeline_stages()]

@@ -96,6 +96,26 @@ def test_assign_equals_direct_faiss_search(spark, scored):
     assert again.assigned == 40 and Lake(spark, scored).read("clusters").count() == 40
 
 
+def test_cluster_train_gives_the_same_artifacts_run_after_run(spark, scored, tmp_path):
+    from pyspark.sql import functions as F
+
+    from udfs.clustering import load_artifacts
+
+    df = cluster.embeddings(Lake(spark, scored))
+    shuffled = df.orderBy(F.rand(1)).repartition(3)  # other partitions, other row order
+    for size in (1000, 25):  # all rows, and a hashed sample of them
+        np.testing.assert_array_equal(cluster.draw_sample(df, size, 42),
+                                      cluster.draw_sample(shuffled, size, 42))
+    assert len(cluster.draw_sample(df, 25, 42)) <= 25
+    first = dataclasses.replace(scored.cluster, artifacts=str(tmp_path / "a"))
+    second = dataclasses.replace(scored.cluster, artifacts=str(tmp_path / "b"))
+    cluster.train(spark, dataclasses.replace(scored, cluster=first))
+    cluster.train(spark, dataclasses.replace(scored, cluster=second))
+    a, b = load_artifacts(first.artifacts), load_artifacts(second.artifacts)
+    assert a.fingerprint == b.fingerprint
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
 def test_dedup_keeps_one_per_group_and_publish_survives_a_crash(spark, scored, monkeypatch):
     cluster.train(spark, scored)
     cluster.assign(spark, scored)

@@ -35,10 +35,14 @@ def _ingest(spark, cfg, tmp_path: Path, urls: list[str]):
     return cfg
 
 
-def _download_cfg(cfg, **kw):
+def _download_cfg(cfg, fetch=None, **kw):
     # Tests serve on loopback, so they opt in to it explicitly.
-    base = dict(allowed_networks=["127.0.0.1/32"], timeout_s=1.0, retries=1, backoff_s=0.05,
-                concurrency=4, max_bytes=200_000, rows_per_commit=8, image_size=64)
+    fetch_opts = dict(allowed_networks=("127.0.0.1/32",), timeout_s=1.0, retries=1,
+                      backoff_s=0.05, max_bytes=200_000)
+    fetch_opts.update(fetch or {})
+    base = dict(concurrency=4, rows_per_commit=8,
+                fetch=dataclasses.replace(cfg.download.fetch, **fetch_opts),
+                resize=dataclasses.replace(cfg.download.resize, image_size=64))
     base.update(kw)
     return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, **base))
 
@@ -94,8 +98,7 @@ def test_http_download_every_outcome_accounted_and_rerun_retries_only_retryable(
         assert rejects == errors
 
         hits_404, hits_ok = srv.hits("/files/missing.jpg"), srv.hits("/files/ok.jpg")
-        again = download.run(spark, dataclasses.replace(
-            cfg, download=dataclasses.replace(cfg.download, timeout_s=5.0)))
+        again = download.run(spark, _download_cfg(cfg, fetch={"timeout_s": 5.0}))
         assert again.pending == 2  # only the retryable failures: the 503 and the timeout
         assert srv.hits("/files/missing.jpg") == hits_404 and srv.hits("/files/ok.jpg") == hits_ok
         images = {r["url"]: r for r in lake.read("images").collect()}
@@ -109,7 +112,7 @@ def test_http_download_every_outcome_accounted_and_rerun_retries_only_retryable(
 def test_loopback_is_refused_unless_opted_in(spark, cfg, tmp_path):
     with LocalImageServer() as srv:
         cfg = _ingest(spark, cfg, tmp_path, [srv.url("/image")])
-        cfg = _download_cfg(cfg, allowed_networks=[])
+        cfg = _download_cfg(cfg, fetch={"allowed_networks": ()})
         download.run(spark, cfg)
         row = Lake(spark, cfg).read("images").first()
         assert (row["status"], row["error"]) == ("error", "host_not_allowed")
@@ -127,6 +130,17 @@ def _wds_shard(path: Path, entries: list[tuple[str, str, bytes]]) -> None:
                 tar.addfile(info, io.BytesIO(payload))
 
 
+def _img2dataset_sidecars(folder: Path, shards: tuple[str, ...], webdataset: bool) -> None:
+    """What img2dataset writes beside each shard: NNNNN_stats.json, and with webdataset
+    output also the shard's metadata as NNNNN.parquet (url, key, status; no image)."""
+    for shard in shards:
+        (folder / f"{shard}_stats.json").write_text(json.dumps(
+            {"count": 2, "successes": 2, "failed_to_download": 0, "status_dict": {}}))
+        if webdataset:
+            pq.write_table(pa.table({"url": ["https://img.example/x"], "key": [shard + "0000"],
+                                     "status": ["success"]}), folder / f"{shard}.parquet")
+
+
 def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
     urls = [f"https://img.example/{i}.jpg" for i in range(4)]
     cfg = _ingest(spark, cfg, tmp_path, urls)
@@ -136,6 +150,7 @@ def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
                                       ("000000001", urls[1], b"not an image")])
     _wds_shard(shards / "00001.tar", [("000010000", urls[2], _jpeg(12)),
                                       ("000010001", "https://img.example/unrelated", _jpeg(13))])
+    _img2dataset_sidecars(shards, ("00000", "00001"), webdataset=True)
     cfg = _download_cfg(cfg, source="webdataset", shards=str(shards))
     report = download.run(spark, cfg)
     assert (report.ok, report.errors) == (2, {"unrecognized_format": 1, "not_in_shards": 1})
@@ -148,6 +163,7 @@ def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
                              "status": ["success"]}), tmp_path / "p.parquet")
     (tmp_path / "pq").mkdir()
     (tmp_path / "p.parquet").rename(tmp_path / "pq" / "00000.parquet")
+    _img2dataset_sidecars(tmp_path / "pq", ("00000",), webdataset=False)
     cfg = _download_cfg(cfg, source="parquet", shards=str(tmp_path / "pq"))
     again = download.run(spark, cfg)
     assert again.pending == 1 and again.ok == 3

@@ -108,3 +108,50 @@ def test_random_weights_are_refused_unless_allowed(spark, scored_inputs, tmp_pat
     cfg = _score_cfg(scored_inputs, tmp_path, random_init_ok=False)
     with pytest.raises(Exception, match="random"):
         score.run(spark, cfg)
+
+
+EXECUTOR_ONLY_SPOTTER = '''
+import numpy as np
+
+from udfs.ocr import OcrBox, OcrResult
+
+
+class MarkerSpotter:
+    """Calls every image with an even-valued top-left pixel 'text' and reads `word`."""
+
+    def __init__(self, word, device=None, cpu_threads=0):
+        self.word = word
+
+    def spot(self, images, recognize=False):
+        out = []
+        for img in images:
+            h, w = img.shape[:2]
+            box = OcrBox([(0, 0), (w / 2, 0), (w / 2, h / 2), (0, h / 2)],
+                         self.word if recognize else None, 0.99)
+            out.append(OcrResult([box], h, w))
+        return out
+
+
+def make(word, device=None, cpu_threads=0):
+    return MarkerSpotter(word, device=device, cpu_threads=cpu_threads)
+'''
+
+
+def test_third_party_spotter_named_by_import_path_runs_on_executors(
+        spark, scored_inputs, tmp_path):
+    """A spotter module the driver never imports, shipped the way a cluster ships code."""
+    import sys
+
+    module = tmp_path / "third_party_spotter_xyz.py"
+    module.write_text(EXECUTOR_ONLY_SPOTTER)
+    spark.sparkContext.addPyFile(str(module))
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter="third_party_spotter_xyz:make",
+                     spotter_options={"word": "PARROTWORD"})
+    score.run(spark, cfg)
+    assert "third_party_spotter_xyz" not in sys.modules  # only the executors imported it
+    got = {r["sample_id"]: r for r in Lake(spark, cfg).read("scores").collect()}
+    for sid in (1, 2, 3, 4):  # every decodable image went through the custom spotter
+        assert got[sid]["has_text"] and got[sid]["ocr_text"] == "PARROTWORD"
+        assert got[sid]["ocr_text_area"] == pytest.approx(0.25, abs=0.02)
+    assert got[5]["status"] == "error"
