@@ -344,7 +344,12 @@ def save_random_checkpoint(model_name: str, path: str | os.PathLike[str], *, see
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(model_name, pretrained=None, precision="fp32")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return save_checkpoint(model, path)
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> str:
+    """Write `model`'s weights where `load_clip(name, path)` reads them (by suffix)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out = str(path)
     if out.lower().endswith(".safetensors"):
         from safetensors.torch import save_file

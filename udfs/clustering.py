@@ -212,31 +212,14 @@ def train_artifacts(
     The PCA is fitted batch by batch (`batch_size` rows per `partial_fit`) so the SVD
     working set stays small. `use_gpu=None` uses faiss GPUs when there are any.
     """
-    from sklearn.decomposition import IncrementalPCA
-    from sklearn.utils import gen_batches
-
     faiss = _faiss()
-    x = np.asarray(embeddings)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D (n, d), got shape {x.shape}")
+    x = _checked_sample(embeddings, k, pca_dim, batch_size)
     n, d_in = x.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} centroids need at least k samples; got {n} samples")
-    if not 1 <= pca_dim <= min(n, d_in):
-        raise ValueError(f"pca_dim={pca_dim} must be in [1, min(n_samples={n}, d_in={d_in})]")
-    if batch_size < pca_dim:
-        raise ValueError(f"batch_size={batch_size} must be >= pca_dim={pca_dim}")
     n_gpus = faiss.get_num_gpus()
     if use_gpu and n_gpus == 0:
         raise RuntimeError("use_gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
     gpu = bool(n_gpus > 0 and use_gpu is not False)
-
-    pca = IncrementalPCA(n_components=pca_dim, whiten=whiten, batch_size=batch_size)
-    # gen_batches folds a too-small tail into full-size batches (partial_fit needs
-    # >= n_components rows); each slice is copied by partial_fit, never the whole sample.
-    for sl in gen_batches(n, batch_size, min_batch_size=pca_dim):
-        pca.partial_fit(x[sl])
-    pca_only = artifacts_from_sklearn(pca, np.zeros((1, pca_dim), np.float32))
+    pca, pca_only = _fit_pca(x, pca_dim, whiten, batch_size)
     projected = np.ascontiguousarray(pca_only.project(x))
 
     km = faiss.Kmeans(
@@ -279,6 +262,33 @@ def train_artifacts(
         "centroids_sha1": art.fingerprint,
     }
     return art
+
+
+def _checked_sample(embeddings: np.ndarray, k: int, pca_dim: int, batch_size: int) -> np.ndarray:
+    x = np.asarray(embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (n, d), got shape {x.shape}")
+    n, d_in = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} centroids need at least k samples; got {n} samples")
+    if not 1 <= pca_dim <= min(n, d_in):
+        raise ValueError(f"pca_dim={pca_dim} must be in [1, min(n_samples={n}, d_in={d_in})]")
+    if batch_size < pca_dim:
+        raise ValueError(f"batch_size={batch_size} must be >= pca_dim={pca_dim}")
+    return x
+
+
+def _fit_pca(x: np.ndarray, pca_dim: int, whiten: bool, batch_size: int):
+    """IncrementalPCA batch by batch; returns (sklearn model, PCA-only artifacts)."""
+    from sklearn.decomposition import IncrementalPCA
+    from sklearn.utils import gen_batches
+
+    pca = IncrementalPCA(n_components=pca_dim, whiten=whiten, batch_size=batch_size)
+    # gen_batches folds a too-small tail into full-size batches (partial_fit needs
+    # >= n_components rows); each slice is copied by partial_fit, never the whole sample.
+    for sl in gen_batches(len(x), batch_size, min_batch_size=pca_dim):
+        pca.partial_fit(x[sl])
+    return pca, artifacts_from_sklearn(pca, np.zeros((1, pca_dim), np.float32))
 
 
 # --------------------------------------------------------------------------- safe storage

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udfs.clip_models import CHECKPOINT_SUFFIXES, ClipBundle, image_tensor_batch
+from udfs.clip_models import ClipBundle, image_tensor_batch, save_checkpoint
 from udfs.render import RenderSettings, render_word
 
 
@@ -119,14 +119,4 @@ def finetune_on_words(
 
 def save_state_dict(model: torch.nn.Module, path: str | Path) -> str:
     """Write `model`'s weights where `load_clip(name, path)` reads them (by suffix)."""
-    out = str(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if out.lower().endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        save_file(state, out)
-    elif out.lower().endswith(CHECKPOINT_SUFFIXES):
-        torch.save(state, out)
-    else:
-        raise ValueError(f"checkpoint path must end with one of {CHECKPOINT_SUFFIXES}: {out}")
-    return out
+    return save_checkpoint(model, path)
