@@ -70,6 +70,8 @@ class TablesConfig:
     cluster_ocr: str = "cluster_ocr"
     funnel: str = "funnel"
     ngrams: str = "ngrams"
+    # Written by `deparrot train`: one row per training invocation.
+    training_runs: str = "training_runs"
 
 
 @dataclass
@@ -182,6 +184,90 @@ class ReportConfig:
     top_ngrams: int = 25
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """`deparrot export`: the subset as training shards in img2dataset's webdataset layout.
+
+    Executors write the shards, so `out` must be the same folder on every node: a shared
+    or mounted filesystem (/dbfs/..., NFS) or an fsspec URL (s3://...). The driver reads
+    it too (to skip finished shards and write manifest.json).
+    """
+
+    out: str = "data/shards"
+    # subset: the debiased subset; images: every downloaded image with its metadata
+    # caption (the un-debiased baseline to compare a training run against).
+    source: str = "subset"
+    subset_version: int = -1  # Delta version of the subset to export; -1 = the latest
+    shard_size: int = 10_000  # samples per shard (img2dataset's default)
+    format: str = "webdataset"  # webdataset ({shard}.tar) | parquet ({shard}.parquet)
+    image: str = "passthrough"  # passthrough (the stored bytes) | reencode (JPEG)
+    jpeg_quality: int = 95  # image: reencode only
+    val_fraction: float = 0.0  # held out by a hash of SAMPLE_ID, written under val/
+    seed: int = 0  # salt of the split and shard-order hashes
+    arrow_batch_size: int = 256  # rows (with image bytes) per Arrow batch to a writer task
+
+    def __post_init__(self) -> None:
+        choices = {"source": ("subset", "images"), "format": ("webdataset", "parquet"),
+                   "image": ("passthrough", "reencode")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.shard_size < 1 or self.arrow_batch_size < 1:
+            raise ValueError("shard_size and arrow_batch_size must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+
+@dataclass
+class TrainConfig:
+    """`deparrot train`: open_clip's own trainer (open_clip_train) under TorchDistributor.
+
+    Defaults are a laptop run; conf/train_paper.yaml holds the paper's recipe.
+    """
+
+    launcher: str = "torch_distributor"  # the only one; horovod is refused (jobs/train.py)
+    model: str = "ViT-B-32"
+    pretrained: str = ""  # open_clip tag or checkpoint; "" = from scratch (the paper)
+    # An open_clip model config (embed_dim, vision_cfg, text_cfg) registered as `model` in
+    # every worker; {} = a built-in model or deparrot's tiny test model.
+    model_config: dict[str, Any] = field(default_factory=dict)
+    # Brace patterns of shards; "" = the patterns in `export.out`/manifest.json.
+    train_data: str = ""
+    val_data: str = ""
+    dataset_type: str = "webdataset"
+    train_num_samples: int = 0  # samples per epoch; 0 = the manifest's train count
+    batch_size: int = 64  # per process: global batch = batch_size * num_processes
+    lr: float = 5e-4
+    epochs: int = 1
+    warmup: int = 100  # steps of linear warm-up before the cosine schedule
+    lr_scheduler: str = "cosine"
+    wd: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    precision: str = "auto"  # auto = amp on GPU, fp32 on CPU; or any open_clip precision
+    image_size: int = 0  # force_image_size; 0 = the model's own
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    workers: int = 2  # dataloader workers per process (<= shards / processes)
+    logs: str = "data/train/logs"
+    name: str = "deparrot"  # fixed run name: logs/<name>/checkpoints; re-runs resume it
+    resume: bool = True  # --resume latest
+    save_frequency: int = 1  # epochs between checkpoints
+    log_every_n_steps: int = 100
+    num_processes: int = 1  # one per GPU on a cluster; CPU processes (gloo) locally
+    local_mode: bool = True  # True: processes on the driver; False: Spark barrier tasks
+    use_gpu: bool = False
+    seed: int = 0
+    extra_args: list[str] = field(default_factory=list)  # passed to open_clip_train as is
+    # Sync. Score of the final checkpoint over a CSV vocabulary (word[,count], e.g. from
+    # `deparrot analyze`); "" = skip. The first sync_top_k words are scored.
+    sync_words: str = ""
+    sync_top_k: int = 100
+
+
 @dataclass
 class SampleConfig:
     out: str = "data/sample"
@@ -210,6 +296,8 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

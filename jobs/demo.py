@@ -75,6 +75,20 @@ def run_demo(cfg: Config) -> None:
                 print(f"spark.sql> {query}")
                 spark.sql(query).show(truncate=False)
             print(f"input rows: {sample.rows} = subset + rejected (every row accounted for)")
+            _analysis(spark, cfg)
+
+
+def _analysis(spark, cfg: Config) -> None:
+    """The paper's parrot statistics on the demo data, and the report a person reads."""
+    from jobs import analyze, report
+
+    stats = analyze.run(spark, cfg)
+    share = stats.summary.get("images_with_text_share", 0.0)
+    print(f"\nparrot statistics: {stats.rows} scored images, {share:.1%} with text, "
+          f"CoTR over text images {stats.summary.get('cotr_text', 0.0):.3f} "
+          f"(tables {', '.join(stats.tables.values())})")
+    page = report.run(spark, cfg)
+    print(f"open the report in a browser: file://{page.path}")
 
 
 STAGES = (Stage("demo", "generate the sample and run the whole pipeline on it locally",

@@ -23,6 +23,9 @@ STAGE_MODULES: tuple[str, ...] = (
     "jobs.cluster",
     "jobs.dedup",
     "jobs.publish",
+    "jobs.analyze",
+    "jobs.report",
+    "jobs.sql",
     "jobs.pipeline",
     "jobs.demo",
 )

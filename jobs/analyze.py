@@ -1,0 +1,259 @@
+"""`deparrot analyze`: the paper's parrot statistics and n-gram vocabularies as Delta tables.
+
+Everything is computed in Spark; only aggregates of a few rows reach the driver.
+
+- `parrot`: one row per scored image: CoTR exact / normalised / fuzzy, `parrots`, the OCR
+  type (`no_text`, `text_no_overlap`, `co_emb`) and the co-emb words (udfs/parrot.py).
+- `parrot_summary`: the paper's Table 1 for this data. Shares of images are ratios of
+  totals (images with text / images); CoTR figures are means of the per-row CoTR, over
+  all pairs and over pairs whose image has text, as in the paper's Algorithm 1.
+- `clip_by_text`: the paper's Table 2: CLIP score of images without text vs with text,
+  as mean +- std across clusters of the per-cluster means.
+- `cluster_ocr`: rows and share of each OCR type per cluster (the paper's Figure 3).
+- `funnel`: rows left after each stage, and rows per reject reason.
+- `ngrams`: caption 1-grams and 2-grams (occurrences) and co-emb 1-grams (images), top
+  `analyze.top_k` each, tokenised by `udfs.parrot.words_normalised` (case-folded, NFKC,
+  punctuation stripped from word ends); CSV copies `<vocab>.csv` (word,count) in
+  `analyze.export_dir` for `deparrot sync-score` and the paper's scripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.config import Config
+from jobs.errors import UserError
+from jobs.lake import Lake
+from jobs.stages import Stage
+
+VOCABS = ("caption_1gram", "caption_2gram", "co_emb_1gram")
+NGRAM_SCHEMA = T.StructType([
+    T.StructField("vocab", T.StringType(), False),
+    T.StructField("rank", T.IntegerType(), False),
+    T.StructField("word", T.StringType(), False),
+    T.StructField("count", T.LongType(), False),
+])
+
+
+@dataclass
+class AnalyzeReport:
+    rows: int = 0
+    tables: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    csv: dict[str, str] = field(default_factory=dict)
+
+
+def pairs(lake: Lake) -> DataFrame:
+    """Scored images with caption, OCR text and cluster (kmeans null when not clustered)."""
+    scores = lake.read("scores").where(F.col("status") == "ok").select(
+        "sample_id", "ocr_text", "has_text", "clip_score")
+    meta = lake.read("metadata").select("sample_id", "text")
+    out = scores.join(meta, "sample_id")
+    if lake.exists("clusters"):
+        out = out.join(lake.read("clusters").select("sample_id", "kmeans"), "sample_id", "left")
+    else:
+        out = out.withColumn("kmeans", F.lit(None).cast("long"))
+    return out
+
+
+def measures(df: DataFrame, cfg: Config) -> DataFrame:
+    """Per-row parrot measures (udfs.parrot) plus the caption's normalised tokens."""
+    from udfs.parrot import PARROT_SCHEMA_DDL, parrot_batches
+
+    settings = cfg.analyze.parrot
+
+    def body(batches):
+        return parrot_batches(batches, settings)
+
+    measured = df.select("sample_id", "text", "ocr_text", "has_text").mapInPandas(
+        body, schema=PARROT_SCHEMA_DDL)
+    return measured.join(df.select("sample_id", "clip_score", "kmeans"), "sample_id")
+
+
+def parrot_summary(parrot: DataFrame) -> DataFrame:
+    """The paper's Table 1 for this data, one row per measure."""
+    text = F.col("ocr_type") != "no_text"
+    co_emb = F.col("ocr_type") == "co_emb"
+    row = parrot.agg(
+        F.count("*").alias("images"),
+        F.sum(text.cast("long")).alias("with_text"),
+        F.sum(co_emb.cast("long")).alias("co_emb"),
+        *[F.avg(c).alias(f"{c}_all") for c in ("cotr", "cotr_norm", "cotr_fuzzy")],
+        *[F.avg(F.when(text, F.col(c))).alias(f"{c}_text")
+          for c in ("cotr", "cotr_norm", "cotr_fuzzy")],
+    )
+    ratio = "ratio of totals"
+    mean_all, mean_text = "mean of per-row CoTR, all pairs", "mean of per-row CoTR, text pairs"
+    items = [
+        ("images", F.col("images").cast("double"), ratio),
+        ("images_with_text_share", F.col("with_text") / F.col("images"), ratio),
+        ("images_with_co_emb_text_share", F.col("co_emb") / F.col("images"), ratio),
+        ("co_emb_share_of_text_images", F.col("co_emb") / F.col("with_text"), ratio),
+        ("cotr_all", F.col("cotr_all"), mean_all),
+        ("cotr_text", F.col("cotr_text"), mean_text),
+        ("cotr_norm_all", F.col("cotr_norm_all"), mean_all),
+        ("cotr_norm_text", F.col("cotr_norm_text"), mean_text),
+        ("cotr_fuzzy_all", F.col("cotr_fuzzy_all"), mean_all),
+        ("cotr_fuzzy_text", F.col("cotr_fuzzy_text"), mean_text),
+    ]
+    structs = [F.struct(F.lit(name).alias("measure"), value.cast("double").alias("value"),
+                        F.lit(how).alias("how")) for name, value, how in items]
+    return row.select(F.explode(F.array(*structs)).alias("m")).select("m.*")
+
+
+def clip_by_text(parrot: DataFrame) -> DataFrame:
+    """Table 2: per-cluster mean CLIP score of text-free vs text images, mean +- std."""
+    group = F.when(F.col("ocr_type") == "no_text", "no_text").otherwise("with_text")
+    per_cluster = parrot.where(F.col("clip_score").isNotNull()).groupBy(
+        group.alias("group"), "kmeans").agg(F.avg("clip_score").alias("m"),
+                                            F.count("*").alias("n"))
+    return per_cluster.groupBy("group").agg(
+        F.avg("m").alias("mean"), F.stddev_pop("m").alias("std"),
+        F.count("*").alias("clusters"), F.sum("n").alias("rows"))
+
+
+def cluster_ocr(parrot: DataFrame) -> DataFrame:
+    counts = parrot.groupBy("kmeans", "ocr_type").agg(F.count("*").alias("rows"))
+    total = F.sum("rows").over(Window.partitionBy("kmeans"))
+    return counts.withColumn("share", F.col("rows") / total)
+
+
+def funnel(lake: Lake) -> DataFrame:
+    """Rows left after each stage, then rows per (stage, reason) of rejects."""
+    spark = lake.spark
+    steps: list[tuple[int, str, str, int]] = []
+    rejects = lake.read("rejects") if lake.exists("rejects") else None
+    ingest_rejects = rejects.where(F.col("stage") == "ingest").count() if rejects else 0
+    metadata = lake.read("metadata").count()
+    steps.append((0, "input", "", metadata + ingest_rejects))
+    steps.append((1, "ingest", "", metadata))
+    counted = (("download", "images", F.col("status") == "ok"),
+               ("score", "scores", F.col("status") == "ok"),
+               ("cluster", "clusters", F.lit(True)),
+               ("publish", "subset", F.lit(True)))
+    for i, (stage, table, ok) in enumerate(counted, start=2):
+        if lake.exists(table):
+            steps.append((i, stage, "", lake.read(table).where(ok).count()))
+    schema = "step int, stage string, reason string, rows long"
+    left = spark.createDataFrame(steps, schema)
+    if rejects is None:
+        return left
+    by_reason = rejects.groupBy("stage", "reason").agg(F.count("*").alias("rows")).select(
+        F.lit(100).cast("int").alias("step"), "stage", "reason", "rows")
+    return left.unionByName(by_reason)
+
+
+def ngram_counts(lake: Lake, parrot: DataFrame) -> DataFrame:
+    """(vocab, word, count) for the three vocabularies, counted in Spark."""
+    caps = lake.read("metadata").select(_tokens()("text").alias("t"))
+    one = caps.select(F.explode("t").alias("word")).withColumn("vocab", F.lit(VOCABS[0]))
+    pairs_of_words = F.expr("CASE WHEN size(t) < 2 THEN array() ELSE "
+                            "transform(sequence(0, size(t) - 2), i -> concat(t[i], ' ', t[i + 1]))"
+                            " END")
+    two = caps.select(F.explode(pairs_of_words).alias("word")).withColumn(
+        "vocab", F.lit(VOCABS[1]))
+    co = parrot.select(F.explode("co_emb_words").alias("word")).withColumn(
+        "vocab", F.lit(VOCABS[2]))
+    return one.unionByName(two).unionByName(co).groupBy("vocab", "word").agg(
+        F.count("*").alias("count"))
+
+
+def _tokens():
+    """Caption -> normalised words, vectorised over Arrow batches (one tokeniser for
+    the parrot measures and the vocabularies)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(T.ArrayType(T.StringType()))
+    def tokens(text: pd.Series) -> pd.Series:
+        from udfs.parrot import words_normalised
+
+        return text.map(words_normalised)
+
+    return tokens
+
+
+def top_k(counts: DataFrame, k: int) -> DataFrame:
+    """The k most frequent entries per vocabulary; ties broken by the word."""
+    order = Window.partitionBy("vocab").orderBy(F.desc("count"), "word")
+    ranked = counts.withColumn("rank", F.row_number().over(order))
+    return ranked.where(F.col("rank") <= k).select(
+        "vocab", F.col("rank").cast("int"), "word", "count")
+
+
+def export_csv(lake: Lake, out_dir: str) -> dict[str, str]:
+    """One `<vocab>.csv` (word,count, most frequent first) per vocabulary, via the driver.
+
+    Vocabularies are bounded by top_k (400k rows, a few MB), so they are streamed with
+    toLocalIterator rather than collected at once.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    for vocab in VOCABS:
+        path = Path(out_dir) / f"{vocab}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        rows = lake.read("ngrams").where(F.col("vocab") == vocab).orderBy("rank")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["word", "count"])
+            for row in rows.select("word", "count").toLocalIterator():
+                writer.writerow([row["word"], row["count"]])
+        tmp.replace(path)
+        written[vocab] = str(path.resolve())
+    return written
+
+
+def _overwrite(lake: Lake, key: str, df: DataFrame, partition_by: tuple[str, ...] = ()) -> None:
+    """Replace a derived table whole (one commit); analysis tables are recomputed, never
+    appended, so a re-run gives the same table."""
+    ref = lake.ref(key)
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if ref.path is not None:
+        writer.save(ref.path)
+    else:
+        writer.saveAsTable(ref.name)
+    lake.register(key)
+
+
+def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
+    lake = Lake(spark, cfg)
+    for key in ("metadata", "scores"):
+        if not lake.exists(key):
+            raise UserError(f"table {lake.ref(key).name} is missing: run `deparrot run` first")
+    report = AnalyzeReport()
+    parrot = measures(pairs(lake), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        _overwrite(lake, "parrot", parrot)
+        parrot = lake.read("parrot")
+        _overwrite(lake, "parrot_summary", parrot_summary(parrot))
+        _overwrite(lake, "clip_by_text", clip_by_text(parrot))
+        _overwrite(lake, "cluster_ocr", cluster_ocr(parrot))
+        _overwrite(lake, "funnel", funnel(lake))
+        _overwrite(lake, "ngrams", top_k(ngram_counts(lake, parrot), cfg.analyze.top_k),
+                   partition_by=("vocab",))
+    finally:
+        parrot.unpersist()
+    report.rows = lake.read("parrot").count()
+    for key in ("parrot", "parrot_summary", "clip_by_text", "cluster_ocr", "funnel", "ngrams"):
+        report.tables[key] = lake.ref(key).name
+    report.summary = {r["measure"]: r["value"] for r in lake.read("parrot_summary").collect()}
+    report.vocab_sizes = {r["vocab"]: r["count"] for r in
+                          lake.read("ngrams").groupBy("vocab").count().collect()}
+    if cfg.analyze.export_dir:
+        report.csv = export_csv(lake, cfg.analyze.export_dir)
+    return report
+
+
+STAGES = (Stage("analyze", "parrot statistics (CoTR, OCR types, Tables 1-2), funnel and "
+                           "n-gram vocabularies -> Delta tables + CSV", run),)
