@@ -24,6 +24,7 @@ from udfs.fetch import FetchSettings
 from udfs.parrot import ParrotSettings
 from udfs.resize import ResizeSettings
 from udfs.score import ScoreSettings
+from udfs.sync_score import SyncModel, SyncSettings
 
 
 class ConfigError(UserError):
@@ -70,6 +71,9 @@ class TablesConfig:
     cluster_ocr: str = "cluster_ocr"
     funnel: str = "funnel"
     ngrams: str = "ngrams"
+    # Written by `deparrot sync-score`.
+    sync_scores: str = "sync_scores"
+    sync_word_scores: str = "sync_word_scores"
     # Written by `deparrot train`: one row per training invocation.
     training_runs: str = "training_runs"
 
@@ -170,6 +174,29 @@ class AnalyzeConfig:
     # CSV copies of the vocabularies (word,count), readable by `deparrot sync-score` and
     # the paper's own scripts; empty = no export.
     export_dir: str = "data/vocab"
+
+
+@dataclass(frozen=True)
+class SyncScoreConfig(SyncSettings):
+    """`deparrot sync-score`: the executors' SyncSettings (rendering, template, batch) plus
+    which models and which vocabulary."""
+
+    # open_clip models: [{model: ViT-B-32, pretrained: openai}, {model: ..., pretrained:
+    # /path/epoch_32.pt, alias: ours}]; pretrained "random" needs random_init_ok.
+    models: tuple[SyncModel, ...] = (SyncModel("ViT-B-32", "openai"),)
+    # "" = the `ngrams` table written by `deparrot analyze`; or a CSV (word in the first
+    # column, as the paper's vocabularies) or a text file with one word per line.
+    vocabulary: str = ""
+    vocab: str = "caption_1gram"  # which vocabulary of the ngrams table
+    top_n: int = 0  # the first N entries (by rank / file order); 0 = all
+    sample_n: int = 0  # or a seeded random sample of N entries; 0 = no sampling
+    seed: int = 0
+    partitions: int = 0  # tasks; 0 = Spark's default parallelism
+    arrow_batch_size: int = 256  # words per Arrow batch handed to a Python worker
+
+    def settings(self) -> SyncSettings:
+        names = [f.name for f in dataclasses.fields(SyncSettings)]
+        return SyncSettings(**{n: getattr(self, n) for n in names})
 
 
 @dataclass(frozen=True)
@@ -296,6 +323,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sync_score: SyncScoreConfig = field(default_factory=SyncScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

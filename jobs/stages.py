@@ -25,6 +25,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "jobs.publish",
     "jobs.analyze",
     "jobs.report",
+    "jobs.sync_score",
     "jobs.sql",
     "jobs.pipeline",
     "jobs.demo",

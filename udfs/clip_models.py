@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from udfs.checkpoint_files import CHECKPOINT_SUFFIXES
 from udfs.device import inference_dtype, select_device
 from udfs.worker_cache import clear, worker_cached
 
@@ -31,7 +32,6 @@ TINY_MODEL_CONFIG: dict[str, Any] = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
-CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 _RANDOM = ("", "random", "none")
 _SCHEMAS = ("hf-hub:", "local-dir:")
 _RANDOM_SEED = 0  # every worker must build the same random model, or partitions disagree

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from udfs.clip_models import (
-    CHECKPOINT_SUFFIXES,
-    ClipBundle,
-    encode_images,
-    encode_texts,
-    load_clip,
-)
-from udfs.device import select_device
+from udfs.checkpoint_files import CHECKPOINT_SUFFIXES
 from udfs.render import STYLES, RenderSettings, can_render, render_word
+
+if TYPE_CHECKING:  # torch and open_clip load on executors only: settings pickle light
+    from udfs.clip_models import ClipBundle
+
 
 SYNC_OUTPUT_COLUMNS = ("model", "style", "word", "word_rank", "status", "reason", "score")
 SYNC_OUTPUT_SCHEMA_DDL = (
@@ -119,6 +116,8 @@ def score_words(
     bundle: ClipBundle, words: list[str | None], style: str, settings: SyncSettings
 ) -> np.ndarray:
     """Per-word Sync. Score (float32) of `words` drawn in `style`; NaN for skipped words."""
+    from udfs.clip_models import encode_images, encode_texts
+
     if style not in settings.render.styles:
         raise ValueError(f"style {style!r} is not one of {list(settings.render.styles)}")
     out = np.full(len(words), np.nan, dtype=np.float32)
@@ -138,6 +137,9 @@ def score_words(
 
 def _load_bundles(models: tuple[SyncModel, ...], settings: SyncSettings) -> list[ClipBundle]:
     """Every model for this task; load_clip caches them per process, so this is cheap."""
+    from udfs.clip_models import load_clip
+    from udfs.device import select_device
+
     device = select_device(settings.prefer_gpu)
     return [
         load_clip(
@@ -161,6 +163,8 @@ def _score_chunk(
     """
     texts = [settings.prompt(w) for w in words]
     step = settings.batch_size
+    from udfs.clip_models import encode_images, encode_texts
+
     text_emb = [encode_texts(b, texts, step) for b in bundles]
     scores: dict[tuple[int, str], np.ndarray] = {}
     for style in settings.render.styles:
@@ -212,6 +216,8 @@ def sync_batches(
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique (set SyncModel.alias), got {labels}")
     if settings.cpu_threads > 0:
+        import torch
+
         torch.set_num_threads(settings.cpu_threads)
     bundles: list[ClipBundle] | None = None  # loaded on the first rows: empty tasks skip it
     for pdf in batches:
