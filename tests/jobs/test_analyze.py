@@ -191,3 +191,20 @@ def test_sql_registers_views_and_reports_bad_queries(spark, analysed, capsys):
     assert "text_found" in capsys.readouterr().out
     with pytest.raises(UserError, match="query failed"):
         sql.run(spark, analysed, "SELECT * FROM no_such_table")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(spark, analysed, tmp_path):
+    """Headless Chromium draws the page (scripts/screenshot_report.sh), not only parses."""
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no Chromium (apt-get install chromium)")
+    analyze.run(spark, analysed)
+    report.run(spark, analysed)
+    shot = tmp_path / "shot.png"
+    subprocess.run(["bash", str(ROOT / "scripts/screenshot_report.sh"), analysed.report.out,
+                    str(shot)], check=True, timeout=120)
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("L"))
+    assert img.size[0] == 1280 and pixels.std() > 10  # drawn content, not a blank page
