@@ -35,6 +35,7 @@ from jobs.errors import UserError
 from jobs.lake import Lake
 from jobs.stages import Stage
 
+CSV_ROWS_PER_PARTITION = 20_000
 VOCABS = ("caption_1gram", "caption_2gram", "co_emb_1gram")
 NGRAM_SCHEMA = T.StructType([
     T.StructField("vocab", T.StringType(), False),
@@ -193,19 +194,21 @@ def top_k(counts: DataFrame, k: int) -> DataFrame:
 def export_csv(lake: Lake, out_dir: str) -> dict[str, str]:
     """One `<vocab>.csv` (word,count, most frequent first) per vocabulary, via the driver.
 
-    Vocabularies are bounded by top_k (400k rows, a few MB), so they are streamed with
-    toLocalIterator rather than collected at once.
+    Rows stream through toLocalIterator in rank ranges of CSV_ROWS_PER_PARTITION, so the
+    driver holds one range at a time, not a whole 400k-entry vocabulary.
     """
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for vocab in VOCABS:
         path = Path(out_dir) / f"{vocab}.csv"
         tmp = path.with_suffix(".csv.tmp")
-        rows = lake.read("ngrams").where(F.col("vocab") == vocab).orderBy("rank")
+        rows = lake.read("ngrams").where(F.col("vocab") == vocab)
+        ranges = max(1, -(-rows.count() // CSV_ROWS_PER_PARTITION))
+        rows = rows.repartitionByRange(ranges, "rank").sortWithinPartitions("rank")
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["word", "count"])
-            for row in rows.select("word", "count").toLocalIterator():
+            for row in rows.select("word", "count").toLocalIterator(prefetchPartitions=False):
                 writer.writerow([row["word"], row["count"]])
         tmp.replace(path)
         written[vocab] = str(path.resolve())
