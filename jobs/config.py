@@ -279,7 +279,7 @@ class TrainConfig:
     local_loss: bool = True
     gather_with_grad: bool = True
     workers: int = 2  # dataloader workers per process (<= shards / processes)
-    logs: str = "data/train/logs"
+    logs: str = "data/train/logs"  # a local or mounted folder (/dbfs/...) all processes see
     name: str = "deparrot"  # fixed run name: logs/<name>/checkpoints; re-runs resume it
     resume: bool = True  # --resume latest
     save_frequency: int = 1  # epochs between checkpoints
@@ -293,6 +293,18 @@ class TrainConfig:
     # `deparrot analyze`); "" = skip. The first sync_top_k words are scored.
     sync_words: str = ""
     sync_top_k: int = 100
+
+    def __post_init__(self) -> None:
+        if self.launcher == "horovod":
+            raise ValueError(
+                "launcher horovod is not supported: horovod 0.28.1 (its last release, June "
+                "2023) fails to build against torch >= 2.1 ('You need C++17'); use "
+                "torch_distributor (TorchDistributor replaces Databricks' HorovodRunner)")
+        if self.launcher != "torch_distributor":
+            raise ValueError(f"launcher must be torch_distributor, got {self.launcher!r}")
+        for name in ("num_processes", "batch_size", "epochs", "sync_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

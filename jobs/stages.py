@@ -27,6 +27,8 @@ STAGE_MODULES: tuple[str, ...] = (
     "jobs.report",
     "jobs.sync_score",
     "jobs.sql",
+    "jobs.export",
+    "jobs.train",
     "jobs.pipeline",
     "jobs.demo",
 )

@@ -1,0 +1,199 @@
+"""`deparrot train`: open_clip_train on exported shards, launched by TorchDistributor (CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from jobs import export, train
+from jobs.config import load_config
+from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
+from jobs.errors import UserError
+from jobs.lake import Lake
+from jobs.publish import SUBSET_SCHEMA
+from udfs.clip_models import TINY_MODEL_NAME, load_clip
+from udfs.shards import ShardSettings, write_shards
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+          "yellow": (240, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245),
+          "purple": (140, 30, 160), "orange": (250, 140, 20)}
+SHAPES = ("circle", "square", "triangle", "stripe")
+
+
+def _pair(i: int) -> tuple[bytes, str]:
+    """A drawn image and the caption that says what it shows (colour, shape, background)."""
+    names = list(COLORS)
+    color, shape = names[i % 8], SHAPES[(i // 8) % 4]
+    background = names[(i // 32 + i + 3) % 8]
+    img = Image.new("RGB", (64, 64), COLORS[background])
+    draw = ImageDraw.Draw(img)
+    if shape == "circle":
+        draw.ellipse([12, 12, 52, 52], fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle([14, 14, 50, 50], fill=COLORS[color])
+    elif shape == "triangle":
+        draw.polygon([(32, 8), (56, 56), (8, 56)], fill=COLORS[color])
+    else:
+        draw.rectangle([0, 26, 64, 38], fill=COLORS[color])
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92)
+    return buf.getvalue(), f"a {color} {shape} on {background}"
+
+
+def build_tables(spark, cfg, n: int) -> None:
+    lake = Lake(spark, cfg)
+    lake.ensure("subset", SUBSET_SCHEMA, partition_by=("part",))
+    lake.ensure("images", IMAGES_TABLE)
+    pairs = [_pair(i) for i in range(n)]
+    spark.createDataFrame(
+        [(100 + i, f"http://x.example/{i}.jpg", text, 64.0, 64.0, 0.35, 5.5, i % 2, i % 2)
+         for i, (_, text) in enumerate(pairs)],
+        "SAMPLE_ID long, URL string, TEXT string, HEIGHT double, WIDTH double, "
+        "similarity double, ase_scores double, kmeans long, part int",
+    ).writeTo(lake.ref("subset").name).append()
+    spark.createDataFrame(
+        [(100 + i, f"http://x.example/{i}.jpg", jpg, "jpg", 64, 64, "ok")
+         for i, (jpg, _) in enumerate(pairs)],
+        "sample_id long, url string, image binary, format string, width int, height int, "
+        "status string",
+    ).writeTo(lake.ref("images").name).append()
+
+
+def _configure(cfg, tmp_path, n=64, **train_kw):
+    ex = dataclasses.replace(cfg.export, out=str(tmp_path / "shards"), shard_size=n // 4)
+    settings = dict(model=TINY_MODEL_NAME, batch_size=8, lr=2e-3, warmup=2, wd=0.0, workers=0,
+                    log_every_n_steps=1, logs=str(tmp_path / "logs"), name="tiny")
+    tc = dataclasses.replace(cfg.train, **{**settings, **train_kw})
+    return dataclasses.replace(cfg, export=ex, train=tc)
+
+
+def _halves(losses: list[float]) -> tuple[float, float]:
+    k = max(1, len(losses) // 3)
+    return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+
+
+def test_horovod_is_refused_with_the_reason():
+    with pytest.raises(UserError, match="C\\+\\+17"):
+        load_config(None, ["train.launcher=horovod"])
+    with pytest.raises(UserError, match="num_processes"):
+        load_config(None, ["train.num_processes=0"])
+
+
+def _fake_export(root, train_shards=4, val_shards=1, fmt="webdataset") -> None:
+    """A manifest as `deparrot export` writes it (the shards themselves are not read)."""
+    splits = {split: {"samples": 8 * n, "shards": n,
+                      "pattern": f"{root}/{split}/{{00000..{n - 1:05d}}}.tar"}
+              for split, n in (("train", train_shards), ("val", val_shards))}
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps(
+        {"format": fmt, "signature": "abc", "subset_version": 3, "splits": splits}))
+
+
+def test_argv_from_the_manifest(cfg, tmp_path):
+    cfg = _configure(cfg, tmp_path, n=32, num_processes=2, workers=2)
+    _fake_export(tmp_path / "shards")
+    data = train.training_data(cfg)
+    assert (data.train_samples, data.val_samples, data.subset_version) == (32, 8, 3)
+    argv = train.open_clip_argv(cfg.train, data)
+    assert argv[argv.index("--train-data") + 1] == f"{tmp_path}/shards/train/{{00000..00003}}.tar"
+    assert argv[argv.index("--val-data") + 1].endswith("/val/{00000..00000}.tar")
+    assert {"--local-loss", "--gather-with-grad"} <= set(argv)
+    assert argv[argv.index("--precision") + 1] == "fp32"
+    assert argv[argv.index("--device") + 1] == "cpu"
+    assert argv[-2:] == ["--resume", "latest"]
+    with pytest.raises(UserError, match="shard"):  # 4 shards cannot feed 2 x 4 readers
+        train.training_data(dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, workers=4)))
+
+
+def test_missing_export_or_parquet_export_is_a_user_error(cfg, tmp_path):
+    cfg = _configure(cfg, tmp_path)
+    with pytest.raises(UserError, match="deparrot export"):
+        train.training_data(cfg)
+    _fake_export(tmp_path / "shards", fmt="parquet")
+    with pytest.raises(UserError, match="webdataset"):
+        train.training_data(cfg)
+
+
+def _runs(spark, cfg) -> list:
+    return Lake(spark, cfg).read("training_runs").orderBy("started_at").collect()
+
+
+def write_shards_directly(cfg, n: int) -> None:
+    """What `deparrot export` writes, from the executor code alone (no Delta tables)."""
+    pairs = [_pair(i) for i in range(n)]
+    settings = ShardSettings(root=cfg.export.out, shard_size=cfg.export.shard_size)
+    rows = pd.DataFrame({
+        "split": "train", "shard": [i // settings.shard_size for i in range(n)],
+        "rank": range(n), "SAMPLE_ID": [100 + i for i in range(n)],
+        "url": [f"http://x.example/{i}.jpg" for i in range(n)],
+        "caption": [text for _, text in pairs], "image": [jpg for jpg, _ in pairs],
+        "format": "jpg", "width": 64, "height": 64, "original_width": 64,
+        "original_height": 64, "similarity": 0.35, "ase_scores": 5.5, "kmeans": 0})
+    stats = [r for df in write_shards(iter([rows]), settings) for r in df.to_dict("records")]
+    export.write_manifest(export._fs(settings.root), settings, cfg.export,
+                          {"subset_version": 0}, {"train": n}, stats)
+
+
+def test_one_process_trains_records_and_loads(spark, cfg, tmp_path):
+    """The quick path: 1 CPU process, 4 steps, a checkpoint open_clip loads, a run row."""
+    cfg = _configure(cfg, tmp_path, n=32, epochs=1, train_num_samples=32)
+    write_shards_directly(cfg, 32)
+    report = train.run(spark, cfg)
+    assert (report.start_epoch, report.final_epoch) == (0, 1)
+    assert report.loss_start is not None and report.loss_end is not None
+    assert report.sync_score is None  # no train.sync_words
+    bundle = load_clip(TINY_MODEL_NAME, report.checkpoint, "cpu", "fp32")
+    assert not bundle.random_init
+    (row,) = _runs(spark, cfg)
+    assert row["run_name"] == "tiny" and row["final_epoch"] == 1
+    assert row["checkpoint"] == report.checkpoint and row["sync_score"] is None
+    assert json.loads(row["settings"])["train"]["batch_size"] == 8
+    assert row["finished_at"] >= row["started_at"]
+
+
+def test_sync_words_csv(tmp_path):
+    words = tmp_path / "words.csv"
+    words.write_text("word,count\nred,9\ncircle,7\nred,5\n,1\nblue,1\n")
+    assert train.read_words(str(words), 10) == ["red", "circle", "blue"]
+    assert train.read_words(str(words), 2) == ["red", "circle"]
+    with pytest.raises(UserError, match="sync_words"):
+        train.read_words(str(tmp_path / "nope.csv"), 10)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_learn_checkpoint_and_resume(spark, cfg, tmp_path):
+    build_tables(spark, cfg, 72)
+    words = tmp_path / "words.csv"
+    words.write_text("word,count\nred,9\ncircle,7\nblue,5\n")
+    cfg = _configure(cfg, tmp_path, n=64, num_processes=2, epochs=2, train_num_samples=256,
+                     sync_words=str(words))
+    cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, val_fraction=0.15))
+    shards = export.run(spark, cfg)
+    assert shards.samples["val"] > 0
+    first = train.run(spark, cfg)
+    assert (first.start_epoch, first.final_epoch) == (0, 2)
+    assert first.checkpoint.endswith("epoch_2.pt") and first.val_loss is not None
+    log = tmp_path / "logs" / "tiny" / "out.log"
+    losses = [loss for _, loss in train.train_losses(log.read_text())]
+    start, end = _halves(losses)
+    print(f"2 processes: {len(losses)} logged steps, loss {start:.3f} -> {end:.3f}")
+    assert end < start - 0.2  # chance level is ln(16) = 2.77 for a global batch of 16
+    state = load_clip(TINY_MODEL_NAME, first.checkpoint, "cpu", "fp32").model.state_dict()
+    assert not any(k.startswith("module.") for k in state)
+    assert first.sync_score is not None and -1.0 <= first.sync_score <= 1.0
+
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
+    second = train.run(spark, more)
+    assert (second.start_epoch, second.final_epoch) == (2, 3)
+    assert "resuming checkpoint" in log.read_text() and "(epoch 2)" in log.read_text()
+    runs = _runs(spark, cfg)
+    assert [r["final_epoch"] for r in runs] == [2, 3]
+    assert [r["sync_words"] for r in runs] == [3, 3]
+    assert runs[0]["sync_score"] == pytest.approx(first.sync_score)

@@ -1,0 +1,70 @@
+"""The function TorchDistributor runs in every training process: open_clip's own trainer.
+
+deparrot does not have a training loop: `open_clip_train.main.main(argv)` (shipped in the
+open_clip_torch wheel) is the loop, with its webdataset reader, local loss, AMP, cosine
+schedule, checkpoints and `--resume latest`. This module only prepares each process:
+
+- custom open_clip model configs (the tiny test model, or `train.model_config`) live in
+  a process's memory, so they are registered here, in every worker, before open_clip
+  builds the model;
+- open_clip_train 3.3 wraps the model in DistributedDataParallel with
+  `device_ids=[device]` even on CPU, which torch refuses for CPU modules; for CPU runs
+  with several processes (gloo), the wrapper drops device_ids for CPU modules while the
+  trainer runs (GPU runs are untouched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+@contextlib.contextmanager
+def _cpu_ddp_accepts_device_ids() -> Iterator[None]:
+    """Let open_clip_train build DDP around a CPU model (see the module docstring)."""
+    original = torch.nn.parallel.DistributedDataParallel
+
+    class CpuFriendlyDDP(original):  # type: ignore[misc, valid-type]
+        def __init__(self, module: torch.nn.Module, device_ids: Any = None, *args: Any,
+                     **kwargs: Any) -> None:
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuFriendlyDDP
+    try:
+        yield
+    finally:
+        torch.nn.parallel.DistributedDataParallel = original
+
+
+def register_models(model_configs: dict[str, dict[str, Any]]) -> None:
+    """Register `model_configs` (and deparrot's tiny model) with open_clip in this process."""
+    from udfs.clip_models import _open_clip, register_model_config
+
+    for name, config in model_configs.items():
+        register_model_config(name, config)
+    _open_clip()
+
+
+def train_main(argv: list[str], model_configs: dict[str, dict[str, Any]],
+               cpu_threads: int = 0) -> dict[str, Any]:
+    """TorchDistributor's target: run open_clip_train with `argv` in this process.
+
+    Returns a small summary (rank 0's is what TorchDistributor hands back).
+    """
+    if cpu_threads > 0:
+        torch.set_num_threads(cpu_threads)
+    register_models(model_configs)
+    from open_clip_train.main import main
+
+    with _cpu_ddp_accepts_device_ids():
+        code = main(list(argv))
+    if code not in (None, 0):
+        raise RuntimeError(f"open_clip_train stopped with status {code} (see its log)")
+    return {"rank": int(os.environ.get("RANK", "0")),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
