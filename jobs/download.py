@@ -14,16 +14,18 @@ a retryable error.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.chunks import Progress, chunk_count, chunks
 from jobs.config import Config, DownloadConfig
 from jobs.errors import UserError
-from jobs.lake import Lake, reject_rows, tally
+from jobs.lake import REJECTS_SCHEMA, Lake, reject_rows
 from jobs.stages import Stage
 from jobs.timing import Laps
 
@@ -48,6 +50,9 @@ IMAGES_SCHEMA = T.StructType(
         T.StructField("source", T.StringType(), True),  # http | webdataset | parquet
     ]
 )
+# What a reject says about its row: compared to tell whether the rejects are up to date.
+REJECT_COLUMNS = ("reject_key", "reason", "detail", "record")
+REJECT_RECORD = ("url", "source", "original_width", "original_height")  # kept as JSON
 TABLE_SCHEMA = T.StructType(
     [*IMAGES_SCHEMA.fields, T.StructField("fetched_at", T.TimestampType(), True)]
 )
@@ -82,16 +87,26 @@ def pending(metadata: DataFrame, images: DataFrame) -> DataFrame:
     )
 
 
+def plan(metadata: DataFrame, images: DataFrame, cfg: DownloadConfig) -> DataFrame:
+    """The pending rows, read once and kept (spread over the tasks) for the whole run.
+
+    Both tables are read here and only here: every chunk slices this one result, so no
+    chunk recomputes the join, and no commit of an earlier chunk can change what counts
+    as pending (no table version needs pinning).
+    """
+    parts = cfg.partitions or metadata.sparkSession.sparkContext.defaultParallelism
+    return pending(metadata, images).repartition(parts).localCheckpoint(eager=True)
+
+
 def fetch_http(todo: DataFrame, cfg: DownloadConfig) -> DataFrame:
-    from udfs.images import download_batches
+    from udfs.images import download_arrow
 
     fetch, settings, concurrency = fetch_settings(cfg), image_settings(cfg), cfg.concurrency
 
     def body(batches):
-        return download_batches(batches, fetch, settings, concurrency)
+        return download_arrow(batches, fetch, settings, concurrency)
 
-    parts = cfg.partitions or todo.sparkSession.sparkContext.defaultParallelism
-    return todo.repartition(parts).mapInPandas(body, schema=IMAGES_SCHEMA)
+    return todo.mapInArrow(body, schema=IMAGES_SCHEMA)
 
 
 def shard_members(spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
@@ -147,14 +162,55 @@ def read_shards(todo: DataFrame, spark: SparkSession, cfg: DownloadConfig) -> Da
     return joined.mapInPandas(body, schema=IMAGES_SCHEMA)
 
 
+def _reject_values() -> dict[str, Column]:
+    """What the `download` reject of an images row in error says (REJECT_COLUMNS)."""
+    return {
+        "reject_key": F.col("sample_id").cast("string"),
+        "reason": F.col("error"),
+        "detail": F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
+                           F.lit(" attempts="), F.col("attempts").cast("string")),
+        "record": F.to_json(F.struct(*REJECT_RECORD)),
+    }
+
+
+def download_rejects(images: DataFrame) -> DataFrame:
+    """The `download` rejects that mirror the images rows in error."""
+    return reject_rows(images.where(F.col("status") == "error"), STAGE, "error",
+                       _reject_values()["detail"], record=REJECT_RECORD)
+
+
+def survey(lake: Lake) -> tuple[dict[tuple[str, str | None], int], bool]:
+    """One Spark action at the end of a run: the images rows per (status, error), and
+    whether the `download` rejects still mirror the images errors exactly.
+
+    Both sides are summed up as a row count and an XOR of row hashes (equal sets, equal
+    sums). The rejects stop mirroring the errors only when a run changed error rows and
+    did not get to its refresh (killed, or failed), or when they were edited by hand;
+    both show here, so the refresh is skipped only when it would change nothing.
+    """
+    lake.ensure("rejects", REJECTS_SCHEMA, partition_by=("stage",))
+    images = lake.read("images")
+    values = _reject_values()
+    row_hash = F.xxhash64(*(values[c] for c in REJECT_COLUMNS))
+    counts = images.groupBy("status", "error").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.bit_xor(F.when(F.col("status") == "error", row_hash)).alias("x"),
+    ).withColumn("side", F.lit("images"))
+    stored = lake.read("rejects").where(F.col("stage") == F.lit(STAGE)).agg(
+        F.count(F.lit(1)).alias("n"), F.bit_xor(F.xxhash64(*REJECT_COLUMNS)).alias("x"),
+    ).withColumn("side", F.lit("rejects"))
+    rows = counts.unionByName(stored, allowMissingColumns=True).collect()
+    tallies = {(r["status"], r["error"]): r["n"] for r in rows if r["side"] == "images"}
+    errors = [r for r in rows if r["side"] == "images" and r["status"] == "error"]
+    mirror = (sum(r["n"] for r in errors), functools.reduce(operator.xor,
+                                                            (r["x"] for r in errors), 0))
+    stored_row = next(r for r in rows if r["side"] == "rejects")
+    return tallies, mirror == (stored_row["n"], stored_row["x"] or 0)
+
+
 def refresh_rejects(lake: Lake) -> None:
     """Make the `download` rejects exactly the images rows in error (one atomic commit)."""
-    errors = lake.read("images").where(F.col("status") == "error")
-    detail = F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
-                      F.lit(" attempts="), F.col("attempts").cast("string"))
-    lake.replace_rejects(STAGE, reject_rows(
-        errors, STAGE, "error", detail,
-        record=("url", "source", "original_width", "original_height")))
+    lake.replace_rejects(STAGE, download_rejects(lake.read("images")))
 
 
 def run(spark: SparkSession, cfg: Config) -> DownloadReport:
@@ -164,10 +220,9 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     image_settings(dl)  # validate resize settings on the driver, before any task runs
     lake = Lake(spark, cfg)
     lake.ensure("images", TABLE_SCHEMA)
-    images = lake.read("images", version=lake.version("images"))
-    todo = pending(lake.read("metadata"), images)
     report = DownloadReport()
     lap = Laps(report.seconds).lap
+    todo = plan(lake.read("metadata"), lake.read("images"), dl)
     report.pending = todo.count()
     report.chunks = chunk_count(report.pending, dl.rows_per_commit)
     lap("plan")
@@ -182,14 +237,16 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
         lake.upsert("images", rows, on=["sample_id"])
         lap("write")
         progress.chunk_done()
-    refresh_rejects(lake)
-    lap("rejects")
-    for (status, error), count in tally(lake.read("images"), "status", "error").items():
+    tallies, mirrored = survey(lake)
+    lap("report")
+    if not mirrored:
+        refresh_rejects(lake)
+        lap("rejects")
+    for (status, error), count in tallies.items():
         if status == "ok":
             report.ok += count
         else:
             report.errors[error] = count
-    lap("report")
     return report
 
 

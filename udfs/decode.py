@@ -16,6 +16,7 @@ False (Pillow's default); nothing in this project may enable it.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ BOMB_PIXELS_PER_BYTE = 1000
 DEFAULT_MAX_PIXELS = 40_000_000
 
 _EXIF_ORIENTATION = 0x0112
+_TRANSPOSING = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+# Formats whose decoder can skip pixels while decoding (libjpeg's DCT scaling).
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _SNIFF_BYTES = 1024
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<meta", b"<title", b"<script")
 
@@ -55,7 +59,8 @@ class DecodeResult:
 
     ``image`` is an RGB image on success and ``None`` on failure. ``width`` and
     ``height`` are the final (orientation-corrected) size on success, the size
-    declared by the header when a pixel limit rejected it, else ``None``.
+    declared by the header when a pixel limit rejected it, else ``None``. They are
+    the image's own size even when ``image`` was decoded reduced (``reduce_to``).
     """
 
     image: Image.Image | None
@@ -139,13 +144,31 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def _apply_orientation(img: Image.Image) -> Image.Image:
-    if _orientation(img) in range(2, 9):
+def _apply_orientation(img: Image.Image, orientation: int) -> tuple[Image.Image, bool]:
+    """The image turned upright, and whether its width and height were swapped."""
+    if orientation in range(2, 9):
         try:
-            return ImageOps.exif_transpose(img)
+            return ImageOps.exif_transpose(img), orientation in _TRANSPOSING
         except Exception:
-            return img
-    return img
+            return img, False
+    return img, False
+
+
+def _draft(img: Image.Image, orientation: int,
+           reduce_to: Callable[[int, int], tuple[int, int] | None]) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale if the caller needs no more pixels.
+
+    ``reduce_to`` gets the upright size and returns the smallest upright size it needs
+    (or None); Pillow picks the largest reduction that still covers it in both sides.
+    """
+    width, height = img.size
+    transposed = orientation in _TRANSPOSING
+    need = reduce_to(*((height, width) if transposed else (width, height)))
+    if need is None:
+        return
+    need_w, need_h = (need[1], need[0]) if transposed else need
+    if width // max(1, need_w) >= 2 and height // max(1, need_h) >= 2:
+        img.draft(img.mode, (need_w, need_h))
 
 
 def _load_error_reason(err: BaseException) -> str:
@@ -163,7 +186,10 @@ def _allowed_formats() -> list[str]:
 
 
 def decode_image(
-    data: bytes | bytearray | memoryview | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes | bytearray | memoryview | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduce_to: Callable[[int, int], tuple[int, int] | None] | None = None,
 ) -> DecodeResult:
     """Decode untrusted bytes into an RGB image, or say why not. Never raises.
 
@@ -172,6 +198,12 @@ def decode_image(
     The pixel limit is checked on the header size before any pixel is
     decompressed, per call, so it is thread-safe and does not touch Pillow's
     global ``MAX_IMAGE_PIXELS`` (which still applies on top, at ~179 MP).
+
+    ``reduce_to`` (upright width, height) -> the smallest size the caller needs, or
+    None: a caller that will shrink the image anyway lets a JPEG be decoded at 1/2, 1/4
+    or 1/8 scale (libjpeg's DCT scaling, never below that size), which skips most of the
+    decoding and resizing work. ``image`` is then smaller than ``width`` x ``height``.
+    Other formats, and JPEGs that would not shrink by 2 or more, decode in full.
     """
     if data is None or len(data) == 0:
         return _fail("empty")
@@ -199,12 +231,24 @@ def decode_image(
                     else "too_many_pixels"
                 )
                 return _fail(reason, fmt, size)
+            orientation = None
+            if reduce_to is not None and fmt in _DRAFT_FORMATS:
+                # JPEG EXIF sits in the header; other formats may load pixels to find it.
+                orientation = _orientation(img)
+                _draft(img, orientation, reduce_to)
             img.load()
+            reduced = img.size != size
+            if orientation is None:
+                orientation = _orientation(img)
             # Pixels are loaded, so the result stays valid after the file closes.
-            rgb = to_rgb(_apply_orientation(img))
+            upright, transposed = _apply_orientation(img, orientation)
+            rgb = to_rgb(upright)
     except UnidentifiedImageError:
         # Known magic but unreadable header means corrupt, not an unknown format.
         return _fail("unrecognized_format" if sniffed is None else "decode_error", sniffed)
     except Exception as err:  # Pillow raises many unrelated types on bad input
         return _fail(_load_error_reason(err), fmt, size)
+    if reduced:  # report the image's own size, not the reduced decode's
+        full_w, full_h = (height, width) if transposed else (width, height)
+        return DecodeResult(rgb, full_w, full_h, fmt, None)
     return DecodeResult(rgb, rgb.width, rgb.height, fmt, None)

@@ -11,14 +11,16 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
+import pyarrow as pa
 
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.fetch import Fetcher, FetchResult, FetchSettings
-from udfs.resize import ResizeSettings, resize_and_encode
+from udfs.resize import ResizeSettings, reduced_decode_size, resize_and_encode
 from udfs.worker_cache import worker_cached
 
 IMAGE_FIELDS = (
@@ -26,6 +28,23 @@ IMAGE_FIELDS = (
     "original_height", "sha256", "status", "error", "retryable", "attempts", "source",
 )
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the http path runs without it
+    import pandas as pd
+
+
+def arrow_schema(large_types: bool = False) -> pa.Schema:
+    """IMAGE_FIELDS as Spark expects them back from mapInArrow (jobs.download.IMAGES_SCHEMA).
+
+    ``large_types``: Spark sends and expects large strings/binaries when
+    ``spark.sql.execution.arrow.useLargeVarTypes`` is on.
+    """
+    text, blob = (pa.large_string(), pa.large_binary()) if large_types else (pa.string(),
+                                                                            pa.binary())
+    types = {"sample_id": pa.int64(), "image": blob, "width": pa.int32(),
+             "height": pa.int32(), "original_width": pa.int32(),
+             "original_height": pa.int32(), "retryable": pa.bool_(), "attempts": pa.int32()}
+    return pa.schema([(name, types.get(name, text)) for name in IMAGE_FIELDS])
 
 
 @dataclass(frozen=True)
@@ -39,12 +58,14 @@ def image_row(sample_id: int, url: str, data: bytes | None, settings: ImageSetti
     """Decode, check, resize and encode one image; never raises for bad bytes."""
     row = dict.fromkeys(IMAGE_FIELDS)
     row.update(sample_id=sample_id, url=url, source=source, attempts=0, retryable=False)
-    decoded = decode_image(data, max_pixels=settings.max_pixels)
+    decoded = decode_image(data, max_pixels=settings.max_pixels,
+                           reduce_to=reduced_decode_size(settings.resize))
     if not decoded.ok:
         row.update(status="error", error=decoded.error, original_width=decoded.width,
                    original_height=decoded.height)
         return row
-    resized = resize_and_encode(decoded.image, settings.resize)
+    resized = resize_and_encode(decoded.image, settings.resize,
+                                (decoded.width, decoded.height))
     row.update(original_width=resized.original_width, original_height=resized.original_height)
     if not resized.ok:
         row.update(status="error", error=resized.error)
@@ -72,24 +93,84 @@ def fetcher_for(settings: FetchSettings) -> Fetcher:
     return worker_cached("fetcher", settings, lambda: Fetcher(settings))
 
 
-def download_batches(batches: Iterator[pd.DataFrame], fetch: FetchSettings,
-                     settings: ImageSettings, concurrency: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (sample_id, url) rows -> image rows, `concurrency` requests in flight.
+def download_rows(pairs: Iterable[tuple[int, str]], fetch: FetchSettings,
+                  settings: ImageSettings, concurrency: int) -> Iterator[dict]:
+    """(sample_id, url) pairs -> image rows, in the order they finish.
 
-    Work is cut into slices of a few times the concurrency so memory holds only a
-    slice of images, not a whole Arrow batch.
+    Each of `concurrency` threads fetches a URL and decodes, resizes and encodes it
+    (Pillow and the socket reads release the GIL). A thread takes the next URL as soon
+    as it is done, so one slow server holds one thread, never the others; memory holds
+    at most about `2 * concurrency` images. Stopping the iteration cancels the rest.
     """
     fetcher = fetcher_for(fetch)
-    step = max(1, concurrency * 4)
-    for batch in batches:
-        for start in range(0, len(batch), step):
-            part = batch.iloc[start:start + step]
-            ids = part["sample_id"].tolist()
-            urls = part["url"].tolist()
-            results = fetcher.fetch_many(urls, concurrency=concurrency)
-            rows = [_fetched_row(i, u, r, settings) for i, u, r in zip(ids, urls, results,
-                                                                       strict=True)]
+    threads = max(1, concurrency)
+
+    def work(sample_id: int, url: str) -> dict:
+        return _fetched_row(sample_id, url, fetcher.fetch(url), settings)
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="download")
+    running: set[Future] = set()
+    try:
+        for sample_id, url in pairs:
+            if len(running) >= 2 * threads:  # a queued URL per thread: no thread waits
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+            running.add(pool.submit(work, sample_id, url))
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def download_arrow(batches: Iterator[pa.RecordBatch], fetch: FetchSettings,
+                   settings: ImageSettings, concurrency: int,
+                   rows_per_batch: int = 256) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: (sample_id, url) rows -> image rows, `concurrency` requests in flight.
+
+    URLs stream through :func:`download_rows` across input batches, and finished rows go
+    out in record batches of `rows_per_batch` (their order is not the input order).
+    Arrow in and out: no pandas in the Python worker, and the image bytes are copied once,
+    from the row into the batch.
+    """
+    schema: list[pa.Schema] = []
+
+    def pairs() -> Iterator[tuple[int, str]]:
+        for batch in batches:
+            if not schema:
+                url_type = batch.schema.field("url").type
+                schema.append(arrow_schema(pa.types.is_large_string(url_type)))
+            yield from zip(batch.column("sample_id").to_pylist(),
+                           batch.column("url").to_pylist(), strict=True)
+
+    rows: list[dict] = []
+    for row in download_rows(pairs(), fetch, settings, concurrency):
+        rows.append(row)
+        if len(rows) >= rows_per_batch:
+            yield pa.RecordBatch.from_pylist(rows, schema=schema[0])
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=schema[0])
+
+
+def download_batches(batches: Iterator[pd.DataFrame], fetch: FetchSettings,
+                     settings: ImageSettings, concurrency: int,
+                     rows_per_batch: int = 256) -> Iterator[pd.DataFrame]:
+    """:func:`download_arrow` for pandas frames (a mapInPandas body, or a loop without Spark)."""
+    import pandas as pd
+
+    pairs = ((int(i), u) for batch in batches
+             for i, u in zip(batch["sample_id"].tolist(), batch["url"].tolist(), strict=True))
+    rows: list[dict] = []
+    for row in download_rows(pairs, fetch, settings, concurrency):
+        rows.append(row)
+        if len(rows) >= rows_per_batch:
             yield pd.DataFrame(rows, columns=list(IMAGE_FIELDS))
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows, columns=list(IMAGE_FIELDS))
 
 
 def shard_records(path: str, content: bytes) -> Iterator[dict]:
@@ -131,6 +212,8 @@ def shard_records(path: str, content: bytes) -> Iterator[dict]:
 
 def tar_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over binaryFile rows (path, content) -> one row per tar member."""
+    import pandas as pd
+
     cols = ["key", "shard", "url", "sample_id", "image", "shard_error"]
     for batch in batches:
         for path, content in zip(batch["path"], batch["content"], strict=True):
@@ -141,6 +224,8 @@ def tar_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 def encode_batches(batches: Iterator[pd.DataFrame], settings: ImageSettings,
                    source: str) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (sample_id, url, data) rows with bytes at hand -> image rows."""
+    import pandas as pd
+
     for batch in batches:
         rows = []
         for sid, url, data, missing in zip(batch["sample_id"], batch["url"], batch["data"],

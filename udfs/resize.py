@@ -69,6 +69,10 @@ class ResizeSettings:
     upscale_interpolation: str = "lanczos"
     downscale_interpolation: str = "area"
     border_color: tuple[int, int, int] = (255, 255, 255)
+    # Decode JPEGs at 1/2, 1/4 or 1/8 scale when they shrink at least that much (libjpeg
+    # DCT scaling; img2dataset decodes every pixel): output sizes are unchanged, pixels
+    # differ by about one level on average. False decodes every pixel.
+    reduced_decode: bool = True
 
     def __post_init__(self) -> None:
         # Accept plain strings from YAML; fail on the driver, not in a task.
@@ -143,22 +147,49 @@ def _pad(img: Image.Image, size: int, color: tuple[int, int, int]) -> Image.Imag
     return canvas
 
 
-def resize_image(img: Image.Image, cfg: ResizeSettings) -> Image.Image:
-    """Apply the resize mode; no size checks here (see :func:`check_size`)."""
-    mode, size = cfg.resize_mode, cfg.image_size
-    width, height = img.size
+def _side(width: int, height: int, mode: ResizeMode) -> int | None:
+    """The side that the mode scales to image_size (None for mode ``no``)."""
     if mode in (ResizeMode.keep_ratio, ResizeMode.center_crop):
-        side = min(width, height)
-    elif mode in (ResizeMode.keep_ratio_largest, ResizeMode.border):
-        side = max(width, height)
-    else:
+        return min(width, height)
+    if mode in (ResizeMode.keep_ratio_largest, ResizeMode.border):
+        return max(width, height)
+    return None
+
+
+def reduced_decode_size(cfg: ResizeSettings):
+    """For ``decode_image(reduce_to=...)``: the size an image of a given size needs to be
+    decoded at, when this resize shrinks it (None: decode every pixel)."""
+    if not cfg.reduced_decode:
+        return None
+
+    def need(width: int, height: int) -> tuple[int, int] | None:
+        side = _side(width, height, cfg.resize_mode)
+        if side is None or side <= cfg.image_size:
+            return None
+        return _scaled_size(width, height, cfg.image_size, side)
+
+    return need
+
+
+def resize_image(img: Image.Image, cfg: ResizeSettings,
+                 original_size: tuple[int, int] | None = None) -> Image.Image:
+    """Apply the resize mode; no size checks here (see :func:`check_size`).
+
+    ``original_size``: the image's own size when ``img`` was decoded reduced; the output
+    geometry is computed from it, so it is the same as from a full decode.
+    """
+    mode, size = cfg.resize_mode, cfg.image_size
+    width, height = original_size or img.size
+    side = _side(width, height, mode)
+    if side is None:
         return img
     downscale = side > size
     if cfg.resize_only_if_bigger and not downscale:
         return img  # like img2dataset: no crop or border either
-    if side != size:
+    target = _scaled_size(width, height, size, side)
+    if img.size != target:
         name = cfg.downscale_interpolation if downscale else cfg.upscale_interpolation
-        img = img.resize(_scaled_size(width, height, size, side), INTERPOLATIONS[name.lower()])
+        img = img.resize(target, INTERPOLATIONS[name.lower()])
     if mode is ResizeMode.center_crop:
         img = _center_crop(img, size)
     elif mode is ResizeMode.border:
@@ -177,14 +208,20 @@ def check_size(width: int, height: int, cfg: ResizeSettings) -> str | None:
     return None
 
 
-def resize_and_encode(img: Image.Image, cfg: ResizeSettings) -> ResizeResult:
-    """Filter on the original size, resize, re-encode. Never raises for image problems."""
-    orig_w, orig_h = img.size
+def resize_and_encode(img: Image.Image, cfg: ResizeSettings,
+                      original_size: tuple[int, int] | None = None) -> ResizeResult:
+    """Filter on the original size, resize, re-encode. Never raises for image problems.
+
+    ``original_size``: the image's own size when ``img`` was decoded reduced
+    (``decode_image(reduce_to=reduced_decode_size(cfg))``); filters, output geometry and
+    the recorded original size use it.
+    """
+    orig_w, orig_h = original_size or img.size
     reason = check_size(orig_w, orig_h, cfg)
     if reason is not None:
         return ResizeResult(None, None, None, None, orig_w, orig_h, reason)
     try:
-        out = resize_image(to_rgb(img), cfg)
+        out = resize_image(to_rgb(img), cfg, (orig_w, orig_h))
     except Exception:  # Pillow raises assorted types on broken images
         return ResizeResult(None, None, None, None, orig_w, orig_h, "resize_error")
     try:

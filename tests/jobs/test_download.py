@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from jobs import download, ingest
@@ -169,3 +170,33 @@ def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
     assert again.pending == 1 and again.ok == 3
     row = next(r for r in lake.read("images").collect() if r["url"] == urls[3])
     assert (row["status"], row["source"]) == ("ok", "parquet")
+
+
+def test_rejects_catch_up_after_a_crash_and_are_not_rewritten_when_unchanged(
+        spark, cfg, tmp_path, monkeypatch):
+    with LocalImageServer(image_bytes=_jpeg(4)) as srv:
+        urls = [srv.url("/image"), srv.url("/status/404"), srv.url("/header/noai")]
+        cfg = _download_cfg(_ingest(spark, cfg, tmp_path, urls))
+        lake = Lake(spark, cfg)
+
+        def killed(_lake):  # as if the process died after the images commit
+            raise RuntimeError("killed")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(download, "refresh_rejects", killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                download.run(spark, cfg)
+        assert lake.read("images").count() == 3
+        assert lake.read("rejects").where("stage = 'download'").count() == 0  # stale
+        hits = srv.hits()
+
+        report = download.run(spark, cfg)  # nothing to fetch, but the rejects catch up
+        assert report.pending == 0 and srv.hits() == hits
+        assert (report.ok, report.errors) == (1, {"http_404": 1, "x_robots_tag:noai": 1})
+        rejects = {r["reason"] for r in lake.read("rejects").where("stage='download'").collect()}
+        assert rejects == {"http_404", "x_robots_tag:noai"}
+
+        version = lake.version("rejects")
+        again = download.run(spark, cfg)
+        assert (again.pending, again.ok, again.errors) == (0, report.ok, report.errors)
+        assert lake.version("rejects") == version  # in sync already: no commit

@@ -309,3 +309,57 @@ def test_decodes_in_a_fresh_interpreter():
     out = subprocess.run([sys.executable, "-c", code], input=buf.getvalue(),
                          capture_output=True, check=True)
     assert out.stdout.decode().strip() == "None"
+
+
+# --- reduced decoding (libjpeg DCT scaling) ---------------------------------------------------
+
+
+def test_reduce_to_decodes_a_jpeg_smaller_and_reports_its_own_size() -> None:
+    asked: list[tuple[int, int]] = []
+
+    def need(width: int, height: int) -> tuple[int, int]:
+        asked.append((width, height))
+        return (256, 192)
+
+    res = decode_image(_save(_noise(640, 480), "JPEG"), reduce_to=need)
+    assert res.ok and res.image is not None and res.image.mode == "RGB"
+    assert (res.width, res.height) == (640, 480)
+    assert res.image.size == (320, 240)  # the largest reduction that still covers 256x192
+    assert asked == [(640, 480)]
+    assert decode_image(_save(_noise(640, 480), "JPEG"), reduce_to=lambda w, h: (80, 60)
+                        ).image.size == (80, 60)  # 1/8
+
+
+def test_reduce_to_sees_the_upright_size_of_a_rotated_jpeg() -> None:
+    src = Image.new("RGB", (120, 80), BLUE)
+    src.paste(RED, (0, 0, 60, 80))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed 80x120, rotated 90 degrees clockwise
+    asked: list[tuple[int, int]] = []
+
+    def need(width: int, height: int) -> tuple[int, int]:
+        asked.append((width, height))
+        return (20, 30)
+
+    res = decode_image(_save(src, "JPEG", exif=exif.tobytes()), reduce_to=need)
+    assert asked == [(80, 120)]
+    assert (res.width, res.height) == (80, 120)
+    assert res.image is not None and res.image.size == (20, 30)  # 1/4, upright
+    assert _close(res.image.getpixel((10, 2)), RED, tol=30)  # left edge became the top
+    assert _close(res.image.getpixel((10, 27)), BLUE, tol=30)
+
+
+def test_reduce_to_leaves_other_formats_and_small_shrinks_alone() -> None:
+    half = lambda w, h: (w // 2, h // 2)  # noqa: E731
+    png = decode_image(_save(_noise(64, 48), "PNG"), reduce_to=half)
+    assert png.image is not None and png.image.size == (64, 48)
+    jpeg = _save(_noise(640, 480), "JPEG")
+    for need in (lambda w, h: (400, 300), lambda w, h: None):  # less than 2x, or nothing
+        res = decode_image(jpeg, reduce_to=need)
+        assert res.image is not None and res.image.size == (640, 480)
+
+
+def test_truncated_jpeg_is_truncated_when_reduced_too() -> None:
+    data = _save(_noise(400, 300), "JPEG")
+    res = decode_image(data[: len(data) // 2], reduce_to=lambda w, h: (50, 40))
+    assert (res.image, res.error) == (None, "truncated")

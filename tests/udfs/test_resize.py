@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
+from udfs.decode import decode_image
 from udfs.resize import (
     ResizeMode,
     ResizeResult,
     ResizeSettings,
     encode,
+    reduced_decode_size,
     resize_and_encode,
 )
 
@@ -170,3 +173,71 @@ def test_invalid_settings_fail_fast() -> None:
 
 def test_string_mode_is_coerced() -> None:
     assert ResizeSettings(resize_mode="center_crop").resize_mode is ResizeMode.center_crop
+
+
+# --- reduced decoding: same geometry, near-identical pixels -----------------------------------
+
+
+def _photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """Gradients and soft shapes, JPEG-compressed: what reduced decoding meets in practice."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
+    img = Image.fromarray(arr.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.ellipse([x0, y0, x0 + width // 4, y0 + height // 4], fill=fill)
+    buf = io.BytesIO()
+    img.filter(ImageFilter.GaussianBlur(3)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _pixels(res: ResizeResult) -> np.ndarray:
+    return np.asarray(_decoded(res).convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "keep_ratio_largest", "center_crop", "border"])
+@pytest.mark.parametrize("size", [(640, 480), (641, 479), (333, 1000), (1500, 256)])
+def test_reduced_decode_keeps_sizes_and_pixels_near_identical(
+        mode: str, size: tuple[int, int]) -> None:
+    data = _photo_jpeg(*size)
+    cfg = ResizeSettings(image_size=128, resize_mode=mode, encode_format="png")
+    full = decode_image(data)
+    reduced = decode_image(data, reduce_to=reduced_decode_size(cfg))
+    assert full.image is not None and reduced.image is not None
+    assert reduced.image.width < full.image.width  # decoded at 1/2, 1/4 or 1/8
+    assert (reduced.width, reduced.height) == (full.width, full.height) == size
+    a = resize_and_encode(full.image, cfg)
+    b = resize_and_encode(reduced.image, cfg, (reduced.width, reduced.height))
+    assert (b.width, b.height, b.original_width, b.original_height) == (
+        a.width, a.height, a.original_width, a.original_height)
+    diff = np.abs(_pixels(a) - _pixels(b))
+    assert diff.mean() < 2.0, diff.mean()  # about one level out of 255 on average
+    assert np.percentile(diff, 95) <= 8
+
+
+def test_reduced_decode_only_when_shrinking_and_enabled() -> None:
+    border = ResizeSettings(image_size=256, resize_mode="border")
+    need = reduced_decode_size(border)
+    assert need is not None
+    assert need(640, 480) == (256, 192) and need(480, 640) == (192, 256)
+    assert need(256, 100) is None and need(200, 100) is None  # same size, or an upscale
+    center = reduced_decode_size(ResizeSettings(image_size=256, resize_mode="center_crop"))
+    assert center is not None and center(1000, 500) == (512, 256)
+    assert reduced_decode_size(ResizeSettings(resize_mode="no")) is not None
+    assert reduced_decode_size(ResizeSettings(resize_mode="no"))(4000, 3000) is None
+    assert reduced_decode_size(ResizeSettings(reduced_decode=False)) is None
+
+
+def test_original_size_drives_filters_and_geometry() -> None:
+    small = _two_halves(200, 100)  # as if a 400x200 image had been decoded at 1/2
+    res = resize_and_encode(small, ResizeSettings(image_size=64, min_image_size=150),
+                            original_size=(400, 200))
+    assert (res.original_width, res.original_height, res.width, res.height) == (400, 200, 64, 64)
+    res = resize_and_encode(small, ResizeSettings(min_image_size=150), original_size=(400, 200))
+    assert res.ok  # the filter saw 400x200, not the reduced 200x100
+    cfg = ResizeSettings(image_size=128, resize_mode="keep_ratio_largest")
+    res = resize_and_encode(_two_halves(150, 51), cfg, original_size=(300, 101))
+    assert (res.width, res.height) == (128, 43)  # round(101 * 128 / 300); 150x51 gives 44
