@@ -1,14 +1,36 @@
-"""Score-stage throughput through Spark against a bare single-process loop, same run.
+"""Score-stage throughput: OCR, CLIP, the full stage in a bare loop and through Spark.
 
     .venv/bin/python benchmarks/bench_score.py --images 96 --models tiny
+    .venv/bin/python benchmarks/bench_score.py --images 24 --models real --rounds 2
 
-Both sides decode the same JPEGs and run the same models (real RapidOCR detection +
-recognition where text is found, CLIP image + text towers, the aesthetic tower + MLP)
-with the same batch size. The bare loop gets every core for its one process; Spark runs
-`local[N]` with one thread per task. Models are loaded before timing on both sides
-(Spark: a warm-up job on reused Python workers). The Spark time includes Arrow transfer,
-the Delta MERGE and the rejects refresh. `--models real` uses ViT-B-32 and ViT-L-14
-(random weights here: same compute as the real ones).
+Both sides decode the same JPEGs (a third are text posters, the rest text-free photos)
+and run the same models with the same settings: the stage's default spotter (batched
+PP-OCR detection, recognition of detected boxes), the CLIP image + text towers, the
+aesthetic tower + MLP. `--models real` uses ViT-B-32 and ViT-L-14 (random weights here:
+the same compute as the real ones). The bare loop is one process with every core
+(`cpu_threads` = cores); Spark runs `local[N]` with one thread per task, so both use the
+whole machine. Models are loaded before timing on both sides (Spark: a warm-up job right
+before each timed run, on the Python workers that run then reuses: Spark ends Python
+workers left idle for a minute, and a new one loads its models again). The Spark time
+is the whole `deparrot score` run: planning, Arrow transfer, the Delta commit, the
+rejects refresh and the report.
+
+Printed, all from one run:
+
+- images/s for OCR alone, CLIP alone (B/32 + L/14 + MLP), the full stage in the bare
+  loop and through Spark, and the Spark/bare ratio (>= 0.9 is the goal);
+- where the time goes: decode, OCR det (network, then DB post-process), OCR rec, B/32
+  (image + text), L/14 (+ MLP) from the bare loop's own phases; Arrow (a Spark job that
+  moves the same images through `mapInPandas` to Python workers and the same-sized rows
+  back, no models) and Delta (appending the bare loop's rows to a Delta table), each as
+  seconds and as a share of the bare loop;
+- CPU seconds of both runs (the process tree: driver, JVM, Python workers), which other
+  jobs on a shared machine do not inflate the way they inflate wall time.
+
+With `--rounds R` the bare loop and the Spark run alternate R times and medians are
+reported (the machine may be shared). On a GPU the phases are wall times around
+asynchronous calls that end in a host copy (embeddings, probability maps), so each phase
+includes its own GPU work.
 """
 
 from __future__ import annotations
@@ -17,6 +39,7 @@ import argparse
 import dataclasses
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -41,8 +64,8 @@ MODELS = {
 }
 
 
-def make_images(n: int, size: int) -> list[tuple[int, bytes, str]]:
-    rng = np.random.default_rng(0)
+def make_images(n: int, size: int, first_id: int = 1) -> list[tuple[int, bytes, str]]:
+    rng = np.random.default_rng(first_id)
     out = []
     for i in range(n):
         if i % 3 == 0:
@@ -52,8 +75,90 @@ def make_images(n: int, size: int) -> list[tuple[int, bytes, str]]:
             img, text = photo_image(rng, size), "a photo of a landscape"
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
-        out.append((i + 1, buf.getvalue(), text))
+        out.append((first_id + i, buf.getvalue(), text))
     return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += [p for p, parent in parents.items() if parent == pid]
+    return total
+
+
+def bare_loop(frame: pd.DataFrame, settings, batch_size: int) -> tuple[float, float, dict, list]:
+    """(wall s, CPU s, phases, rows) of the stage's own per-batch function."""
+    from udfs.score import _score_part, models_for
+
+    spotter = models_for(settings).spotter
+    det0 = dict(getattr(spotter, "seconds", {}))
+    laps: dict[str, float] = {}
+    rows: list[dict] = []
+    c0, t0 = time.process_time(), time.perf_counter()
+    for start in range(0, len(frame), batch_size):
+        rows += _score_part(frame.iloc[start:start + batch_size], settings, laps)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    spent = {k: v - det0.get(k, 0.0) for k, v in getattr(spotter, "seconds", {}).items()}
+    if spent:  # the batched spotter splits its time
+        laps["ocr_det"] = spent.get("det", 0.0)
+        laps["ocr_det_post"] = spent.get("det_post", 0.0)
+        laps["ocr_rec"] = spent.get("rec", 0.0)
+        laps["ocr_other"] = max(0.0, laps.pop("ocr") - sum(spent.values()))
+    return wall, cpu, laps, rows
+
+
+def arrow_only(spark, lake: Lake, ids: list[int], parts: int, dim: int) -> float:
+    """Seconds for a Spark job that moves the images to Python workers and score-shaped
+    rows back (Arrow both ways), without models or Delta writes."""
+    from jobs.score import SCORES_SCHEMA
+    from udfs.score import SCORE_FIELDS
+
+    def body(batches):
+        for b in batches:
+            out = pd.DataFrame({c: [None] * len(b) for c in SCORE_FIELDS})
+            out["sample_id"] = b["sample_id"].to_numpy()
+            out["status"] = "ok"
+            out["image_embedding"] = [np.zeros(dim, np.float32)] * len(b)
+            out["ocr_boxes"] = [[] for _ in range(len(b))]
+            yield out
+
+    from pyspark.sql import functions as F
+
+    images = lake.read("images").where(F.col("sample_id").isin(ids)) \
+        .select("sample_id", "image").localCheckpoint()
+    t0 = time.perf_counter()
+    got = images.repartition(parts).mapInPandas(body, schema=SCORES_SCHEMA)
+    got.write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - t0
+
+
+def delta_only(spark, path: Path, rows: list[dict]) -> float:
+    """Seconds to append the bare loop's rows to a Delta table (one commit)."""
+    from jobs.score import SCORES_SCHEMA
+
+    clean = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+             for r in rows]
+    df = spark.createDataFrame(pd.DataFrame(clean), schema=SCORES_SCHEMA)
+    df = df.localCheckpoint()  # build the frame before timing: only the write counts
+    df.limit(0).write.format("delta").save(str(path))
+    t0 = time.perf_counter()
+    df.write.format("delta").mode("append").save(str(path))
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -63,6 +168,9 @@ def main() -> None:
     parser.add_argument("--models", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="more config overrides, e.g. score.spotter=rapidocr")
     args = parser.parse_args()
 
     b32, l14 = MODELS[args.models]
@@ -77,23 +185,24 @@ def main() -> None:
         "score.aesthetic_clip_pretrained=random", "score.aesthetic_weights=random",
         "score.random_init_ok=true", f"score.batch_size={args.batch_size}",
         f"score.arrow_batch_size={args.batch_size * 4}", f"score.partitions={args.cores}",
+        *args.extra,
     ])
-    images = make_images(args.images, args.size)
-
-    # Bare loop: one process, all cores, the stage's own per-batch function.
-    from udfs.score import _score_part
+    rounds = [make_images(args.images, args.size, 1 + r * 1_000_000)
+              for r in range(args.rounds)]
+    n = args.images
 
     bare_settings = dataclasses.replace(score.score_settings(cfg.score), cpu_threads=args.cores)
-    frame = pd.DataFrame({"sample_id": [i for i, _, _ in images],
-                          "image": [b for _, b, _ in images], "text": [t for *_, t in images],
-                          "similarity": [None] * len(images), "aesthetic": [None] * len(images)})
-    _score_part(frame.iloc[:2], bare_settings)  # load the models
-    t0 = time.perf_counter()
-    rows = []
-    for start in range(0, len(frame), args.batch_size):
-        rows += _score_part(frame.iloc[start:start + args.batch_size], bare_settings)
-    bare = time.perf_counter() - t0
-    assert len(rows) == len(images)
+
+    def frame_of(images):
+        return pd.DataFrame({"sample_id": [i for i, _, _ in images],
+                             "image": [b for _, b, _ in images],
+                             "text": [t for *_, t in images],
+                             "similarity": [None] * len(images),
+                             "aesthetic": [None] * len(images)})
+
+    from udfs.score import _score_part
+
+    _score_part(frame_of(rounds[0]).iloc[:2], bare_settings)  # load the models
 
     spark, _ = get_spark(cfg.spark)
     spark.sparkContext.setLogLevel("ERROR")
@@ -110,27 +219,77 @@ def main() -> None:
                               "sample_id long, image binary, status string") \
             .writeTo(lake.ref("images").name).append()
 
-    warm = [(10_000_000 + i, b, t) for i, b, t in images[: 2 * args.cores]]
-    load(warm)
-    score.run(spark, cfg)  # loads the models in every reused Python worker
-    load(images)
-    t0 = time.perf_counter()
-    report = score.run(spark, cfg)
-    on_spark = time.perf_counter() - t0
-    assert report.pending == len(images), report
-    print(f"Spark stage phases (s): {report.seconds}")
-
-    n = len(images)
-    print(f"{n} images {args.size}px, models={args.models} ({b32} + {l14}), "
-          f"batch {args.batch_size}, {args.cores} cores")
-    print(f"{'run':<34}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
-    print(f"{'bare loop (1 process, all cores)':<34}{bare:>9.1f}{n / bare:>10.2f}{1:>8.2f}")
-    print(f"{'Spark score stage':<34}{on_spark:>9.1f}{n / on_spark:>10.2f}"
-          f"{bare / on_spark:>8.2f}")
-    inner = report.seconds["score_and_write"]
-    print(f"{'  of which scoring + Delta append':<34}{inner:>9.1f}{n / inner:>10.2f}"
-          f"{bare / inner:>8.2f}")
+    me = os.getpid()
+    bare_walls, bare_cpus, spark_walls, spark_cpus, phases, reports = [], [], [], [], [], []
+    for r, images in enumerate(rounds):
+        wall, cpu, laps, rows = bare_loop(frame_of(images), bare_settings, args.batch_size)
+        assert len(rows) == n
+        bare_walls.append(wall)
+        bare_cpus.append(cpu)
+        phases.append(laps)
+        # Warm up right before timing: Spark ends Python workers idle for a minute (the
+        # bare loop takes longer), and a new worker loads its models again.
+        load([(900_000_000 + 1000 * r + i, b, t) for i, b, t in images[: 2 * args.cores]])
+        score.run(spark, cfg)
+        load(images)
+        c0, t0 = tree_cpu_seconds(me), time.perf_counter()
+        report = score.run(spark, cfg)
+        spark_walls.append(time.perf_counter() - t0)
+        spark_cpus.append(tree_cpu_seconds(me) - c0)
+        assert report.pending == n, report
+        reports.append(report)
+    dim = len(rows[0]["image_embedding"])
+    arrow = arrow_only(spark, lake, [i for i, _, _ in rounds[-1]], args.cores, dim)
+    delta = delta_only(spark, work / "bench_delta", rows)
     spark.stop()
+
+    med = statistics.median
+    bare, on_spark = med(bare_walls), med(spark_walls)
+    keys = sorted({k for p in phases for k in p})
+    phase = {k: med([p.get(k, 0.0) for p in phases]) for k in keys}
+    ocr_s = sum(v for k, v in phase.items() if k.startswith("ocr"))
+    clip_s = phase.get("b32", 0.0) + phase.get("l14", 0.0)
+    from udfs.score import models_for
+
+    m = models_for(bare_settings)
+    print(f"\n{n} images {args.size}px x {args.rounds} round(s) (medians), "
+          f"models={args.models} ({b32} + {l14}), batch {args.batch_size}, {args.cores} cores, "
+          f"device {m.device}, spotter {cfg.score.spotter} "
+          f"({type(m.spotter).__name__}), recognize={cfg.score.recognize}")
+    print(f"Spark stage phases (s), last round: {reports[-1].seconds}")
+    for r in range(args.rounds):
+        print(f"round {r + 1}: bare {bare_walls[r]:.2f} s ({bare_cpus[r]:.2f} CPU s), Spark "
+              f"{spark_walls[r]:.2f} s ({spark_cpus[r]:.2f} CPU s), wall ratio "
+              f"{bare_walls[r] / spark_walls[r]:.2f}, CPU ratio {bare_cpus[r] / spark_cpus[r]:.2f}")
+    print(f"\n{'throughput':<40}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
+    print(f"{'OCR alone (det + rec, bare loop)':<40}{ocr_s:>9.2f}{n / ocr_s:>10.2f}")
+    print(f"{'CLIP alone (B/32 + L/14 + MLP)':<40}{clip_s:>9.2f}{n / clip_s:>10.2f}")
+    print(f"{'full stage, bare loop':<40}{bare:>9.2f}{n / bare:>10.2f}{1:>8.2f}")
+    print(f"{'full stage, Spark (deparrot score)':<40}{on_spark:>9.2f}{n / on_spark:>10.2f}"
+          f"{bare / on_spark:>8.2f}")
+    inner = med([r.seconds["score_and_write"] for r in reports])
+    print(f"{'  of which scoring + Delta append':<40}{inner:>9.2f}{n / inner:>10.2f}"
+          f"{bare / inner:>8.2f}")
+    print(f"{'CPU seconds, bare loop':<40}{med(bare_cpus):>9.2f}")
+    print(f"{'CPU seconds, Spark (driver+JVM+workers)':<40}{med(spark_cpus):>9.2f}"
+          f"{'':>10}{med(bare_cpus) / med(spark_cpus):>8.2f}")
+    walls = [b / s for b, s in zip(bare_walls, spark_walls, strict=True)]
+    cpus = [b / s for b, s in zip(bare_cpus, spark_cpus, strict=True)]
+    print(f"Spark / bare loop, median of the per-round ratios: wall {med(walls):.2f}, "
+          f"CPU {med(cpus):.2f} (>= 0.9 is the goal)")
+
+    names = {"decode": "decode (Pillow)", "upload": "upload to device",
+             "ocr_det": "OCR det (network)", "ocr_det_post": "OCR det post-process",
+             "ocr_rec": "OCR rec (crops + network)", "ocr_other": "OCR other",
+             "ocr": "OCR (det + rec)", "b32": "B/32 (image + text)",
+             "l14": "L/14 (+ aesthetic MLP)", "rows": "result rows"}
+    print(f"\n{'where the time goes':<40}{'seconds':>9}{'share of bare':>15}")
+    for k in ("decode", "upload", "ocr_det", "ocr_det_post", "ocr_rec", "ocr_other", "ocr",
+              "b32", "l14", "rows"):
+        if k in phase:
+            print(f"{names[k]:<40}{phase[k]:>9.2f}{phase[k] / bare:>15.3f}")
+    print(f"{'Arrow (Spark <-> Python, no models)':<40}{arrow:>9.2f}{arrow / bare:>15.3f}")
+    print(f"{'Delta (append the rows, one commit)':<40}{delta:>9.2f}{delta / bare:>15.3f}")
 
 
 if __name__ == "__main__":

@@ -1,53 +1,66 @@
-"""Sweep RapidOCR detector settings on synthetic photo-like images, with and without text.
+"""OCR settings, spotters and text rules on generated images and real photographs.
 
-Why: the text-area / box-count filters are only useful if the detector finds printed
-text in photos and stays silent on busy but text-free photos (foliage, stripes, noise).
-This generates both kinds offline, runs `udfs.ocr.RapidOcrSpotter` in detection-only mode
-for every (limit_type, limit_side_len, box_thresh) and prints:
+Why: the text filter is only useful if the spotter finds printed text in photos and
+stays silent on text-free ones. This script prints, in one run:
 
-  img_recall   text images with >= 1 box
-  line_recall  rendered text lines >= 50% covered by detected boxes
-  fp_rate      plain images with >= 1 box (fp_area: their mean text_area_fraction)
-  raw_*        the same without the spotter's big-box / edge-density guards
-  ms/img       detection wall time per image
+1. detector settings: RapidOcrSpotter, detection only, per (limit_type, limit_side_len,
+   box_thresh) on generated text / plain images (img_rec, line_rec, fp_rate, raw_* without
+   deparrot's guards, wall ms/img);
+2. agreement of the batched spotter (udfs.batched_ocr) with per-image RapidOCR: box IoU,
+   image-level decisions under both rules, recognised text;
+3. the two image-level rules, detector boxes vs text read, with recall, false positives
+   and precision on generated images and on real photographs (text-free and with text);
+4. CPU milliseconds per 256 px image for both spotters;
+5. limit_side_len: small-text recall vs cost on 256 px images.
 
-then det+rec time and word accuracy for the chosen defaults.
+    .venv/bin/python benchmarks/ocr_threshold_sweep.py [--skimage-data DIR] [--skip-sweep]
 
-    .venv/bin/python benchmarks/ocr_threshold_sweep.py [--n-text 40 --n-plain 40]
+Real photographs come from installed packages: scikit-learn's two sample photos,
+matplotlib's grace_hopper.jpg and, when found, scikit-image's data folder (installed, or
+`pip download scikit-image --no-deps` and unzip `skimage/data/*`, then --skimage-data).
+Each was labelled by eye (lists below).
 
-Results (seed 0, 40 text + 40 plain images, 2 shared CPU cores; ms/img is wall time and
-was inflated up to 3x by other jobs on the machine, compare the CPU figures below):
+Results (seed 0: 40 + 40 generated images at 256-640 px, a small-text set of 40 + 40 at
+256 px with 9-15 px text, 90 views of 15 text-free photos, 12 views of 6 photos with
+text; 1 ONNX Runtime thread; 2 CPU cores shared with other jobs, so wall ms/img in
+section 1 is inflated, the CPU figures of sections 4-5 much less):
 
-  limit  side box_th img_rec line_rec fp_rate fp_area raw_rec raw_fp  ms/img
-    min   320   0.50   1.000    0.989   0.000  0.0000   1.000  0.425   350.9
-    min   320   0.60   1.000    0.989   0.000  0.0000   1.000  0.275   350.9
-    min   320   0.70   1.000    0.977   0.000  0.0000   1.000  0.150   350.9
-    min   512   0.50   1.000    0.989   0.000  0.0000   1.000  0.400   412.9
-    min   512   0.60   1.000    0.977   0.000  0.0000   1.000  0.250   412.9
-    min   512   0.70   1.000    0.977   0.000  0.0000   1.000  0.175   412.9
-    min   736   0.50   1.000    0.989   0.025  0.0062   1.000  0.200  1206.4
-    min   736   0.60   0.975    0.977   0.000  0.0000   0.975  0.125  1206.4
-    min   736   0.70   0.925    0.954   0.000  0.0000   0.925  0.100  1206.4
-    max   320   0.50   0.975    0.977   0.025  0.0095   1.000  0.400   171.9
-    max   320   0.60   0.950    0.966   0.000  0.0000   0.975  0.225   171.9
-    max   320   0.70   0.950    0.931   0.000  0.0000   0.975  0.075   171.9
-    max   512   0.50   1.000    0.989   0.000  0.0000   1.000  0.375   307.6
-    max   512   0.60   1.000    0.989   0.000  0.0000   1.000  0.325   307.6
-    max   512   0.70   0.975    0.977   0.000  0.0000   0.975  0.175   307.6
-    max   736   0.50   1.000    0.989   0.000  0.0000   1.000  0.400   349.6
-    max   736   0.60   1.000    0.989   0.000  0.0000   1.000  0.275   349.6
-    max   736   0.70   1.000    0.989   0.000  0.0000   1.000  0.150   349.6
-
-Without the guards 20-60% of plain images get a box (raw_fp): the bundled PP-OCRv6 det
-model covers flat or smooth regions with one huge low-edge box. box_thresh does not fix
-that; the guards do. Small text decides the limit: on 256x256 images (img2dataset's
-usual output) with 9-15 px text, box_thresh 0.6, image recall is min/320 0.85, min/512
-0.95, min/736 0.95, max/736 (= native size) 0.80, all with fp_rate 0. Single-thread
-CPU time per image, det only: min/512 ~365 ms at 256x256 and ~490 ms at 256-640 px;
-max/736 ~85 ms and ~250 ms. Recognition adds ~50-70 ms per text image. Defaults:
-min/512, box_thresh 0.6 (at 0.5 a false positive got past the guards in 6 rows over
-three runs, at 0.6 in none; 0.7 loses recall). Use max/736 to cut OCR cost ~4x on
-256 px images at the price of small text.
+1. unchanged from the earlier sweep: min/512 with box_thresh 0.6 finds text in 100% of
+   the generated text images with 0 plain images flagged; without the guards 25% of
+   plain images get a box (raw_fp 0.250).
+2. batched vs per-image RapidOCR (detection only): mean best IoU per reference box
+   0.98-1.00 and 100% matched at IoU >= 0.5 on generated images and text-free photos
+   (0.94 and 95% on the photos with text, where one box of 21 changed shape), no extra
+   boxes, image-level decisions 100% equal under
+   both rules on every set; recognised text identical for 97-100% of images (75% on the
+   photos with text: low-confidence reads of name tags differ, as crops of other
+   images share the recogniser batch and its padding).
+3. image level:                  detector rule (today)     text rule, t = 0.5
+     generated, recall / fp            1.000 / 0/40            1.000 / 0/40
+     small text 256 px                 0.925 / 0/40            0.925 / 0/40
+     real photos, recall / fp          0.417 / 2/90            0.333 / 1/90
+   Precision on the real photos: 0.714 (detector rule) vs 0.800 (text rule). The
+   detector rule's false positives: a crop of the cat photo (two fur boxes, read "0"
+   at 0.67 and "9" at 0.73, still a false positive under the text rule up to t = 0.7)
+   and the cameraman (a box read as nothing, conf 0.19: gone under the text rule). The
+   text rule loses one true photo with text: the astronaut's name tag, detected but
+   unreadable at 256/512 px. t = 0.9 removes the last false positive but halves recall
+   on real photos (0.167); t = 0.5 is the default.
+4. CPU ms per 256 px image, det only / det+rec, on a quiet machine (under load in
+   brackets): RapidOcrSpotter with ORT's default threads (the old sweep's setting;
+   threads spin) 99.3 / 141.3 (112.8 / 163.4); RapidOcrSpotter with 1 thread (the score
+   stage's cpu_threads) 51.4 / 61.0 (64.5 / 73.9); BatchedOcrSpotter 49.2 / 63.2 (53.3 /
+   66.6). On CPU batching saves little: the detector network at 512 x 512 is ~45 ms
+   of it either way; batching is for the GPU.
+5. limit_type min on 256 px images: image recall 0.925 at every side from 320 to 640;
+   line recall 0.882 at 320, 0.929 from 384 up; CPU ms 39 (320), 40 (384), 63 (448),
+   62 (512), 93 (640). 384 matched 512 on this set at about 2/3 of the cost, but on
+   two more sets of 100 small-text images (seeds 0 and 2, same generator) 384 found
+   90.0% / 93.0% of the images (text rule 89.0% / 93.0%) against 93.0% / 93.0% at 512,
+   at 39-41 vs 61-63 CPU ms per image and pass. The default stays 512 (min): the
+   upscaling is what finds small text; `spotter_options: {det_limit_side_len: 384}` is
+   the cheaper setting where small text matters less (on a GPU it is ~1.8x fewer
+   detector pixels).
 """
 
 from __future__ import annotations
@@ -287,23 +300,12 @@ def metrics(text_res: list, plain_res: list, texts: list[Sample]) -> dict:
     }
 
 
-def sweep_row(
-    limit_type: str,
-    side: int,
-    threshes: list[float],
-    texts: list[Sample],
-    plains: list[Sample],
-    threads: int | None,
-) -> None:
+def sweep_row(limit_type: str, side: int, threshes: list[float], texts: list[Sample],
+              plains: list[Sample], threads: int | None) -> None:
     """One detector run per (limit_type, side); box_thresh only filters its boxes."""
-    spotter = ocr.RapidOcrSpotter(
-        side,
-        min(threshes),
-        det_limit_type=limit_type,
-        max_box_fraction=1.0,
-        min_edge_density=0.0,
-        num_threads=threads,
-    )
+    spotter = ocr.RapidOcrSpotter(side, min(threshes), det_limit_type=limit_type,
+                                  max_box_fraction=1.0, min_edge_density=0.0,
+                                  num_threads=threads)
     spotter.spot([texts[0].image])  # warm-up: the first call builds the ONNX session
     t0 = time.perf_counter()
     raw_text = spotter.spot([s.image for s in texts])
@@ -318,12 +320,186 @@ def sweep_row(
                 texts,
             )
         m, raw = runs[True], runs[False]
-        print(
-            f"{limit_type:>5} {side:>5} {t:>6.2f} {m['img_recall']:>7.3f} "
-            f"{m['line_recall']:>8.3f} {m['fp_rate']:>7.3f} {m['fp_area']:>7.4f} "
-            f"{raw['img_recall']:>7.3f} {raw['fp_rate']:>6.3f} {ms:>7.1f}",
-            flush=True,
-        )
+        print(f"{limit_type:>5} {side:>5} {t:>6.2f} {m['img_recall']:>7.3f} "
+              f"{m['line_recall']:>8.3f} {m['fp_rate']:>7.3f} {m['fp_area']:>7.4f} "
+              f"{raw['img_recall']:>7.3f} {raw['fp_rate']:>6.3f} {ms:>7.1f}", flush=True)
+
+
+# --- real photographs shipped inside installed packages ----------------------------
+# Labelled by looking at every picture. Text-free: no legible text anywhere.
+TEXT_FREE_PHOTOS = {
+    "sklearn/china.jpg": "pagoda above a lake, trees",
+    "sklearn/flower.jpg": "dahlia",
+    "skimage/chelsea.png": "cat",
+    "skimage/coffee.png": "cup of coffee on a wooden table",
+    "skimage/rocket.jpg": "rocket on the pad at dusk (a mission logo, no legible text)",
+    "skimage/camera.png": "cameraman on a lawn",
+    "skimage/clock_motion.png": "motion-blurred wall clock, no legible digits",
+    "skimage/retina.jpg": "retina fundus photograph",
+    "skimage/moon.png": "lunar surface",
+    "skimage/hubble_deep_field.jpg": "galaxies",
+    "skimage/brick.png": "brick wall",
+    "skimage/grass.png": "grass",
+    "skimage/gravel.png": "gravel",
+    "skimage/ihc.png": "stained tissue, microscope",
+    "skimage/cell.png": "cell, microscope",
+}
+# Photographs with real text in them (some of it small: a name tag on a uniform).
+TEXT_PHOTOS = {
+    "matplotlib/grace_hopper.jpg": "name tag on a uniform (small)",
+    "skimage/astronaut.png": "name tag and mission patch (small)",
+    "skimage/motorcycle_left.png": "YAMAHA and MAXIM on the bike, labels on a shelf",
+    "skimage/motorcycle_right.png": "the same scene",
+    "skimage/text.png": "handwritten formulas on a board",
+    "skimage/page.png": "a printed page",
+}
+# Left out of both sets: worn inscriptions on ancient coins are text to some and not to
+# others ("skimage/coins.png").
+
+
+def photo_roots(extra: list[Path]) -> dict[str, Path]:
+    """Where each package keeps its sample photos; skimage's only if it is there.
+
+    scikit-image need not be installed: `pip download scikit-image --no-deps` and unzip
+    `skimage/data/*` somewhere, then pass that folder with --skimage-data.
+    """
+    import importlib.util
+
+    roots: dict[str, Path] = {}
+    for name, pkg, sub in (("sklearn", "sklearn", "datasets/images"),
+                           ("matplotlib", "matplotlib", "mpl-data/sample_data"),
+                           ("skimage", "skimage", "data")):
+        spec = importlib.util.find_spec(pkg)
+        if spec is not None and spec.origin:
+            roots[name] = Path(spec.origin).parent / sub
+    for path in extra:
+        roots["skimage"] = path
+    return roots
+
+
+def photo_views(img: Image.Image, crops: bool) -> list[np.ndarray]:
+    """Web-thumbnail views: the whole photo with its longest side at 256 px, then either
+    (text-free photos) a 256 px centre crop and four 256 px tiles of the photo at 512 px,
+    or (photos with text, whose text must stay in view) the whole photo at 512 px."""
+    img = img.convert("RGB")
+    w, h = img.size
+
+    def longest(side: int) -> np.ndarray:
+        scale = side / max(w, h)
+        return np.asarray(img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                     Image.Resampling.BICUBIC))
+
+    views = [longest(256)]
+    if not crops:
+        return [*views, longest(512)]
+    for short in (256, 512):
+        scaled = img.resize((round(short * w / min(w, h)), round(short * h / min(w, h))),
+                            Image.Resampling.BICUBIC)
+        sw, sh = scaled.size
+        if short == 256:
+            corners = [((sw - 256) // 2, (sh - 256) // 2)]
+        else:
+            corners = [(x, y) for y in (0, sh - 256) for x in (0, sw - 256)]
+        views += [np.asarray(scaled.crop((x, y, x + 256, y + 256))) for x, y in corners]
+    return views
+
+
+def load_photos(roots: dict[str, Path]) -> tuple[list, list, list[str]]:
+    """([(name, view)] text-free, [(name, view)] with text, names not found)."""
+    free, texted, missing = [], [], []
+    for table, crops, out in ((TEXT_FREE_PHOTOS, True, free), (TEXT_PHOTOS, False, texted)):
+        for key in table:
+            pkg, _, fname = key.partition("/")
+            path = roots.get(pkg, Path("/nonexistent")) / fname
+            if not path.is_file():
+                missing.append(key)
+                continue
+            with Image.open(path) as img:
+                out += [(key, v) for v in photo_views(img, crops)]
+    return free, texted, missing
+
+
+# --- the two image-level rules -------------------------------------------------------
+
+
+def det_rule(r: ocr.OcrResult) -> bool:
+    """Today's rule: any (guarded) detector box is text."""
+    return r.box_count > 0
+
+
+def text_rule(min_conf: float):
+    return lambda r: ocr.reads_text(r, min_conf)
+
+
+def rates(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if flags else float("nan")
+
+
+def pr_line(name: str, pos: list[bool], neg: list[bool]) -> str:
+    tp, fp = sum(pos), sum(neg)
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    return (f"{name:<34}{rates(pos):>8.3f}{rates(neg):>8.3f}{fp:>5d}/{len(neg):<4d}"
+            f"{precision:>10.3f}")
+
+
+# --- agreement of the batched spotter with per-image RapidOCR ------------------------
+
+
+def iou(a: list, b: list) -> float:
+    from shapely.geometry import Polygon
+
+    pa, pb = Polygon(a).buffer(0), Polygon(b).buffer(0)
+    inter = pa.intersection(pb).area
+    union = pa.area + pb.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match(ref: ocr.OcrResult, new: ocr.OcrResult) -> list[float]:
+    """Greedy one-to-one matching by IoU; one IoU per reference box (0 = unmatched)."""
+    pairs = sorted(((iou(a.polygon, b.polygon), i, j) for i, a in enumerate(ref.boxes)
+                    for j, b in enumerate(new.boxes)), reverse=True)
+    used_i, used_j, best = set(), set(), [0.0] * ref.box_count
+    for v, i, j in pairs:
+        if v > 0 and i not in used_i and j not in used_j:
+            used_i.add(i)
+            used_j.add(j)
+            best[i] = v
+    return best
+
+
+def agreement(name: str, images: list[np.ndarray], ref_spotter, new_spotter,
+              min_conf: float) -> None:
+    ref_det, new_det = ref_spotter.spot(images), new_spotter.spot(images)
+    ref_rec = ref_spotter.spot(images, recognize=True)
+    new_rec = new_spotter.spot(images, recognize=True)
+    ious = [v for a, b in zip(ref_det, new_det, strict=True) for v in match(a, b)]
+    extra = sum(max(0, b.box_count - a.box_count) for a, b in zip(ref_det, new_det,
+                                                                   strict=True))
+    same_det = rates([det_rule(a) == det_rule(b) for a, b in zip(ref_det, new_det,
+                                                                 strict=True)])
+    rule = text_rule(min_conf)
+    same_text = rates([rule(a) == rule(b) for a, b in zip(ref_rec, new_rec, strict=True)])
+    read_same = rates([a.text == b.text for a, b in zip(ref_rec, new_rec, strict=True)
+                       if a.text or b.text])
+    print(f"{name:<28}{len(images):>5}{sum(a.box_count for a in ref_det):>7}"
+          f"{float(np.mean(ious)) if ious else float('nan'):>9.3f}"
+          f"{rates([v >= 0.5 for v in ious]):>8.3f}{extra:>6}{same_det:>9.3f}"
+          f"{same_text:>9.3f}{read_same:>9.3f}", flush=True)
+
+
+# --- cost -------------------------------------------------------------------------
+
+
+def cpu_ms(spotter, images: list[np.ndarray], recognize: bool, repeats: int) -> float:
+    """Median CPU milliseconds per image (process time: other jobs on a shared machine
+    slow the wall clock, not this)."""
+    spotter.spot(images[:2], recognize=recognize)  # warm-up: sessions, arenas
+    runs = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        spotter.spot(images, recognize=recognize)
+        runs.append(1000 * (time.process_time() - t0) / len(images))
+    return float(np.median(runs))
 
 
 def main() -> None:
@@ -334,60 +510,133 @@ def main() -> None:
     ap.add_argument("--sides", type=int, nargs="+", default=[320, 512, 736])
     ap.add_argument("--threshes", type=float, nargs="+", default=[0.5, 0.6, 0.7])
     ap.add_argument("--limit-types", nargs="+", default=["min", "max"])
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ONNX Runtime threads (1: CPU time per image is comparable)")
     ap.add_argument("--text-px", type=int, nargs=2, default=[16, 48], metavar=("MIN", "MAX"))
-    ap.add_argument(
-        "--image-sides",
-        type=int,
-        nargs=2,
-        default=[256, 640],
-        metavar=("MIN", "MAX"),
-        help="image height/width range; 256 256 mimics img2dataset 256 output",
-    )
+    ap.add_argument("--image-sides", type=int, nargs=2, default=[256, 640],
+                    metavar=("MIN", "MAX"),
+                    help="image height/width range; 256 256 mimics img2dataset 256 output")
+    ap.add_argument("--skimage-data", type=Path, action="append", default=[],
+                    help="a folder with scikit-image's sample photos (skimage/data)")
+    ap.add_argument("--skip-sweep", action="store_true", help="only the rule, agreement "
+                    "and cost sections")
+    ap.add_argument("--study-sides", type=int, nargs="+", default=[320, 384, 448, 512, 640])
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--save-dir", type=Path, default=None, help="write the images as PNG")
     args = ap.parse_args()
 
-    texts, plains = make_dataset(
-        args.n_text, args.n_plain, args.seed, tuple(args.image_sides), tuple(args.text_px)
-    )
+    from udfs.batched_ocr import BatchedOcrSpotter
+
+    texts, plains = make_dataset(args.n_text, args.n_plain, args.seed,
+                                 tuple(args.image_sides), tuple(args.text_px))
+    # Small text on img2dataset-sized images: what decides limit_side_len.
+    small_t, small_p = make_dataset(args.n_text, args.n_plain, args.seed + 1, (256, 256),
+                                    (9, 15))
+    free, texted, missing = load_photos(photo_roots(args.skimage_data))
     if args.save_dir:
         args.save_dir.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(texts + plains):
             kind = "text" if s.lines else "plain"
             Image.fromarray(s.image).save(args.save_dir / f"{kind}_{i:03d}.png")
-    print(
-        f"{len(texts)} text images ({sum(len(s.lines) for s in texts)} lines), "
-        f"{len(plains)} plain images, sides {args.image_sides[0]}-{args.image_sides[1]} px"
-    )
-    print(
-        f"guarded: boxes over {ocr.DEFAULT_MAX_BOX_FRACTION:.0%} of the image or with edge "
-        f"density < {ocr.DEFAULT_MIN_EDGE_DENSITY} dropped; raw_*: no guards"
-    )
-    print(
-        f"{'limit':>5} {'side':>5} {'box_th':>6} {'img_rec':>7} {'line_rec':>8} "
-        f"{'fp_rate':>7} {'fp_area':>7} {'raw_rec':>7} {'raw_fp':>6} {'ms/img':>7}"
-    )
-    for limit_type in args.limit_types:
-        for side in args.sides:
-            sweep_row(limit_type, side, args.threshes, texts, plains, args.threads)
+    print(f"generated: {len(texts)} text images ({sum(len(s.lines) for s in texts)} lines), "
+          f"{len(plains)} plain, sides {args.image_sides[0]}-{args.image_sides[1]} px; "
+          f"small-text set: {len(small_t)} + {len(small_p)} at 256 px, 9-15 px text")
+    print(f"real photographs: {len(free)} text-free views of "
+          f"{len({n for n, _ in free})} photos, {len(texted)} views of "
+          f"{len({n for n, _ in texted})} photos with text"
+          + (f"; not found: {', '.join(missing)}" if missing else ""))
 
-    spotter = ocr.RapidOcrSpotter(num_threads=args.threads)
-    spotter.spot([texts[0].image], recognize=True)
-    t0 = time.perf_counter()
-    res = spotter.spot([s.image for s in texts], recognize=True)
-    ms_text = 1000 * (time.perf_counter() - t0) / len(texts)
-    t0 = time.perf_counter()
-    spotter.spot([s.image for s in plains], recognize=True)
-    ms_plain = 1000 * (time.perf_counter() - t0) / len(plains)
-    found = sum(
-        w.lower() in r.text.lower() for s, r in zip(texts, res, strict=True) for w in s.words
-    )
-    total = sum(len(s.words) for s in texts)
-    print(
-        f"defaults side={ocr.DEFAULT_LIMIT_SIDE_LEN} type={ocr.DEFAULT_LIMIT_TYPE} "
-        f"box_thresh={ocr.DEFAULT_BOX_THRESH}: det+rec {ms_text:.1f} ms/img on text images, "
-        f"{ms_plain:.1f} ms/img on plain; words read {found}/{total} = {found / total:.3f}"
-    )
+    if not args.skip_sweep:
+        print("\n## 1. detector settings (RapidOcrSpotter, detection only)")
+        print(f"guarded: boxes over {ocr.DEFAULT_MAX_BOX_FRACTION:.0%} of the image or with "
+              f"edge density < {ocr.DEFAULT_MIN_EDGE_DENSITY} dropped; raw_*: no guards")
+        print(f"{'limit':>5} {'side':>5} {'box_th':>6} {'img_rec':>7} {'line_rec':>8} "
+              f"{'fp_rate':>7} {'fp_area':>7} {'raw_rec':>7} {'raw_fp':>6} {'ms/img':>7}")
+        for limit_type in args.limit_types:
+            for side in args.sides:
+                sweep_row(limit_type, side, args.threshes, texts, plains, args.threads)
+
+    ref = ocr.RapidOcrSpotter(num_threads=args.threads)
+    new = BatchedOcrSpotter(num_threads=args.threads)
+    min_conf = ocr.DEFAULT_TEXT_MIN_CONFIDENCE
+
+    print("\n## 2. batched spotter vs per-image RapidOCR (defaults: min/512, box_thresh 0.6)")
+    print("boxes: reference (RapidOCR) boxes, detection only; iou: mean best IoU per "
+          "reference box; >=.5: share matched at IoU >= 0.5; extra: batched boxes beyond "
+          "the reference's; same_det / same_txt: image-level decisions equal under the "
+          "detector rule / the text rule; same_read: recognised text identical")
+    print(f"{'set':<28}{'imgs':>5}{'boxes':>7}{'iou':>9}{'>=.5':>8}{'extra':>6}"
+          f"{'same_det':>9}{'same_txt':>9}{'same_read':>9}")
+    from tests.udfs.test_ocr import _photo, _with_text
+
+    test_imgs = [_with_text(Image.new("RGB", (400, 300), "white")), _with_text(_photo(1)),
+                 np.asarray(_photo(2)), np.asarray(_photo(3, texture="stripes")),
+                 np.asarray(_photo(4, texture="grass")), np.full((300, 400, 3), 245, np.uint8)]
+    agreement("tests/udfs/test_ocr.py", test_imgs, ref, new, min_conf)
+    agreement("sweep text (256-640 px)", [s.image for s in texts], ref, new, min_conf)
+    agreement("sweep plain (256-640 px)", [s.image for s in plains], ref, new, min_conf)
+    agreement("small text (256 px)", [s.image for s in small_t], ref, new, min_conf)
+    agreement("small plain (256 px)", [s.image for s in small_p], ref, new, min_conf)
+    if free:
+        agreement("photos, text-free", [v for _, v in free], ref, new, min_conf)
+    if texted:
+        agreement("photos with text", [v for _, v in texted], ref, new, min_conf)
+
+    print("\n## 3. image-level rules: detector boxes vs text read (batched spotter)")
+    print(f"detector rule: >= 1 guarded box (detection only). text rule: >= 1 box read as "
+          f"a letter or digit with recognition confidence >= t (default t = {min_conf}).")
+    sets = {
+        "generated": ([s.image for s in texts], [s.image for s in plains]),
+        "generated, small text 256 px": ([s.image for s in small_t],
+                                         [s.image for s in small_p]),
+    }
+    if free or texted:
+        sets["real photos"] = ([v for _, v in texted], [v for _, v in free])
+    for set_name, (pos_imgs, neg_imgs) in sets.items():
+        pos_det, neg_det = new.spot(pos_imgs), new.spot(neg_imgs)
+        pos_rec = new.spot(pos_imgs, recognize=True)
+        neg_rec = new.spot(neg_imgs, recognize=True)
+        print(f"\n{set_name}: {len(pos_imgs)} with text, {len(neg_imgs)} without")
+        print(f"{'rule':<34}{'recall':>8}{'fp_rate':>8}{'fp':>10}{'precision':>10}")
+        print(pr_line("detector rule (today)", [det_rule(r) for r in pos_det],
+                      [det_rule(r) for r in neg_det]))
+        for t in (0.3, 0.5, 0.7, 0.9):
+            rule = text_rule(t)
+            mark = "  <- default" if t == min_conf else ""
+            print(pr_line(f"text rule, t = {t}", [rule(r) for r in pos_rec],
+                          [rule(r) for r in neg_rec]) + mark)
+        if set_name == "real photos":
+            for (name, _), r in zip(free, neg_rec, strict=True):
+                if r.box_count:
+                    print(f"  text-free {name}: {r.box_count} box(es), read "
+                          f"{[(b.text, round(b.confidence, 2)) for b in r.boxes]}")
+            for (name, _), r in zip(texted, pos_rec, strict=True):
+                print(f"  with text {name}: read {r.text[:60]!r}")
+
+    print(f"\n## 4. cost: CPU ms per 256 px image (the small-text set), {args.threads} ONNX "
+          f"Runtime thread(s) unless said, median of {args.repeats} (process time)")
+    imgs256 = [s.image for s in small_t + small_p]
+    print(f"{'spotter':<44}{'det only':>10}{'det+rec':>10}")
+    spinning = ocr.RapidOcrSpotter(num_threads=None)
+    for name, spotter in (("RapidOcrSpotter, ORT default threads", spinning),
+                          ("RapidOcrSpotter (per image, today)", ref),
+                          ("BatchedOcrSpotter", new)):
+        print(f"{name:<44}{cpu_ms(spotter, imgs256, False, args.repeats):>10.1f}"
+              f"{cpu_ms(spotter, imgs256, True, args.repeats):>10.1f}", flush=True)
+
+    print("\n## 5. limit_side_len (limit_type min) on 256 px images: small-text recall vs cost")
+    print(f"{'side':>5}{'img_rec':>9}{'line_rec':>9}{'fp_rate':>9}{'txt_rec':>9}{'txt_fp':>8}"
+          f"{'ms/img':>8}")
+    for side in args.study_sides:
+        sp = BatchedOcrSpotter(side, num_threads=args.threads)
+        m = metrics(sp.spot([s.image for s in small_t]), sp.spot([s.image for s in small_p]),
+                    small_t)
+        rule = text_rule(min_conf)
+        txt_rec = rates([rule(r) for r in sp.spot([s.image for s in small_t], recognize=True)])
+        txt_fp = rates([rule(r) for r in sp.spot([s.image for s in small_p], recognize=True)])
+        ms = cpu_ms(sp, imgs256, True, args.repeats)
+        print(f"{side:>5}{m['img_recall']:>9.3f}{m['line_recall']:>9.3f}{m['fp_rate']:>9.3f}"
+              f"{txt_rec:>9.3f}{txt_fp:>8.3f}{ms:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ def joined(lake: Lake) -> DataFrame:
         F.col("sha256").alias("image_sha256"), "original_width",
         "original_height")
     scores = lake.read("scores").select(
-        "sample_id", F.col("status").alias("score_status"), "ocr_box_count", "clip_score",
-        "aesthetic_score", "image_embedding")
+        "sample_id", F.col("status").alias("score_status"), "ocr_box_count", "has_text",
+        "clip_score", "aesthetic_score", "image_embedding")
     clusters = lake.read("clusters").select("sample_id", "kmeans")
     return (meta.join(images, "sample_id", "left").join(scores, "sample_id", "left")
             .join(clusters, "sample_id", "left"))
@@ -36,10 +36,22 @@ def decided() -> Column:
     )
 
 
+def text_found(recipe: RecipeConfig) -> Column:
+    """The paper's "empty OCR results" rule on the score stage's `has_text`.
+
+    `has_text` is the stage's text rule (text read in a box, or any box in
+    detection-only mode). `recipe.max_text_boxes` (default 0) tolerates images with
+    text that have at most that many OCR boxes. Rows without `has_text` (tables written
+    before it was set) fall back to "any box".
+    """
+    has_text = F.coalesce(F.col("has_text"), F.col("ocr_box_count") > 0)
+    return has_text & (F.col("ocr_box_count") > recipe.max_text_boxes)
+
+
 def filter_reason(recipe: RecipeConfig) -> Column:
     """The first recipe filter a decided row fails, or null."""
     return (
-        F.when(F.col("ocr_box_count") > recipe.max_text_boxes, F.lit("text_found"))
+        F.when(text_found(recipe), F.lit("text_found"))
         .when(F.col("clip_score").isNull() | (F.col("clip_score") <= recipe.min_clip_score),
               F.lit("low_clip_score"))
         .when(F.col("aesthetic_score").isNull()

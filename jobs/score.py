@@ -41,6 +41,8 @@ SCORES_SCHEMA = T.StructType([
     T.StructField("ocr_text_area", T.DoubleType(), True),  # fraction of the image area
     T.StructField("ocr_text", T.StringType(), True),  # recognised text, space-joined
     T.StructField("ocr_boxes", T.ArrayType(BOX), True),
+    # The text rule: a box read as >= 1 letter or digit with confidence >=
+    # score.text_min_confidence (any box with score.recognize: none); udfs/score.py.
     T.StructField("has_text", T.BooleanType(), True),
     T.StructField("clip_score", T.DoubleType(), True),  # cosine(image, caption), ViT-B/32
     T.StructField("clip_score_source", T.StringType(), True),  # computed | metadata

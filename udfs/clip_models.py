@@ -1,9 +1,12 @@
 """open_clip models loaded once per Python worker, and encoders over decoded RGB arrays.
 
 Images reach the executors already decoded (for OCR), so preprocessing works on arrays
-and reproduces open_clip's eval transform instead of re-encoding to PIL files. Weights
-from local files are read with `weights_only=True` torch.load or safetensors, never with
-unrestricted pickle.
+and reproduces open_clip's eval transform instead of re-encoding to PIL files: with
+Pillow on CPU (open_clip's own code path), with torch on the GPU (the same geometry,
+antialiased bicubic/bilinear like Pillow's; `preprocess_on_device`), where the image
+arrives once as uint8 (`upload_images`: pinned host memory, non-blocking copies) and
+the model runs channels-last under autocast. Weights from local files are read with
+`weights_only=True` torch.load or safetensors, never with unrestricted pickle.
 """
 
 from __future__ import annotations
@@ -187,6 +190,9 @@ def _build(
             require_pretrained=not random_init and not model_name.startswith(_SCHEMAS),
         )
     model.eval().requires_grad_(False)
+    if device.type == "cuda":
+        # The patch-embedding convolution reads channels-last input without a transpose.
+        model = model.to(memory_format=torch.channels_last)
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp.get("size", 224)
     if isinstance(size, (tuple, list)):
@@ -287,27 +293,119 @@ def _to_unit_numpy(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
+def upload_images(images: list[np.ndarray], device: torch.device | str) -> list[torch.Tensor]:
+    """Each RGB uint8 HxWx3 array once on `device`, as a uint8 tensor of the same shape.
+
+    Same-size images travel together: one pinned host buffer and one non-blocking copy
+    per size. On CPU the tensors share the arrays' memory (read-only arrays are copied).
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return [torch.from_numpy(np.require(a, np.uint8, ["C", "W"])) for a in images]
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(images):
+        by_shape.setdefault(tuple(np.shape(a)), []).append(i)
+    for idx in by_shape.values():
+        host = torch.from_numpy(np.stack([np.asarray(images[i], np.uint8) for i in idx]))
+        on_device = host.pin_memory().to(dev, non_blocking=True)
+        for j, i in enumerate(idx):
+            out[i] = on_device[j]
+    return out  # type: ignore[return-value]
+
+
+def _resize_tensor(x: torch.Tensor, size: int, resize_mode: str, mode: str,
+                   fill: int) -> torch.Tensor:
+    """`_resize_one` on a (N, 3, H, W) float batch in 0..255 (one source size)."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+
+    def resize(new_h: int, new_w: int) -> torch.Tensor:
+        if (new_h, new_w) == (h, w):
+            return x
+        # antialias=True: Pillow's filters (a = -0.5 bicubic, support scaled on shrink).
+        y = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False,
+                          antialias=True)
+        return y.clamp_(0.0, 255.0).round_()  # Pillow resizes 8-bit images to 8 bits
+
+    if resize_mode == "squash":
+        return resize(size, size)
+    if resize_mode == "longest":
+        ratio = max(h, w) / size
+        y = resize(round(h / ratio), round(w / ratio))
+        canvas = torch.full((x.shape[0], 3, size, size), float(fill), dtype=x.dtype,
+                            device=x.device)
+        top, left = (size - y.shape[-2]) // 2, (size - y.shape[-1]) // 2
+        canvas[:, :, top:top + y.shape[-2], left:left + y.shape[-1]] = y
+        return canvas
+    if resize_mode != "shortest":
+        raise ValueError(f"unknown resize_mode {resize_mode!r}")
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    y = resize(new_h, new_w)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return y[:, :, top:top + size, left:left + size]
+
+
+def preprocess_on_device(bundle: ClipBundle, images: list[torch.Tensor]) -> torch.Tensor:
+    """CLIP input batch (N, 3, S, S), channels-last, from uint8 HxWx3 tensors on one
+    device: the geometry of `image_tensor_batch`, computed where the tensors are."""
+    size = bundle.preprocess_size
+    dev = images[0].device if images else bundle.device
+    out = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=dev)
+    mode = "bilinear" if bundle.interpolation == "bilinear" else "bicubic"
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(images):
+        if t.dim() != 3 or t.shape[-1] != 3 or t.dtype != torch.uint8:
+            raise ValueError(f"expected HxWx3 uint8 tensors, got {tuple(t.shape)} {t.dtype}")
+        by_shape.setdefault(tuple(t.shape), []).append(i)
+    for idx in by_shape.values():
+        x = torch.stack([images[i] for i in idx]).permute(0, 3, 1, 2).float()
+        y = _resize_tensor(x, size, bundle.resize_mode, mode, bundle.fill_color)
+        out[torch.tensor(idx, device=dev)] = y
+    mean = torch.tensor(bundle.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    out = out.div_(255.0).sub_(mean).div_(std)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def encode_images(
-    bundle: ClipBundle, images: list[np.ndarray], batch_size: int | None = None
+    bundle: ClipBundle, images: list[np.ndarray], batch_size: int | None = None,
+    *, device_images: list[torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """L2-normalised float32 image embeddings (N, embed_dim)."""
+    """L2-normalised float32 image embeddings (N, embed_dim).
+
+    On CUDA, preprocessing runs on the GPU from `device_images` (the same images already
+    there, as from `upload_images`) or from one upload of `images`; the embeddings of
+    all batches stay on the device until one copy back at the end.
+    """
     if not images:
         return np.zeros((0, bundle.embed_dim), dtype=np.float32)
     step = batch_size or len(images)
+    on_gpu = bundle.device.type == "cuda"
+    if on_gpu and device_images is None:
+        device_images = upload_images(images, bundle.device)
     out = []
     for start in range(0, len(images), step):
-        x = image_tensor_batch(
-            images[start : start + step],
-            bundle.preprocess_size,
-            bundle.mean,
-            bundle.std,
-            resize_mode=bundle.resize_mode,
-            interpolation=bundle.interpolation,
-            fill_color=bundle.fill_color,
-        ).to(bundle.device, non_blocking=True)
+        if on_gpu:
+            x = preprocess_on_device(bundle, device_images[start : start + step])
+        else:
+            x = image_tensor_batch(
+                images[start : start + step],
+                bundle.preprocess_size,
+                bundle.mean,
+                bundle.std,
+                resize_mode=bundle.resize_mode,
+                interpolation=bundle.interpolation,
+                fill_color=bundle.fill_color,
+            )
         with torch.inference_mode(), _autocast(bundle):
-            out.append(_to_unit_numpy(bundle.model.encode_image(x)))
-    return np.concatenate(out)
+            out.append(bundle.model.encode_image(x).float())
+    return _to_unit_numpy(torch.cat(out))
 
 
 def encode_texts(
@@ -320,10 +418,12 @@ def encode_texts(
     out = []
     for start in range(0, len(texts), step):
         chunk = ["" if t is None else str(t) for t in texts[start : start + step]]
-        tokens = bundle.tokenizer(chunk).to(bundle.device, non_blocking=True)
+        tokens = bundle.tokenizer(chunk)
+        if bundle.device.type == "cuda":
+            tokens = tokens.pin_memory().to(bundle.device, non_blocking=True)
         with torch.inference_mode(), _autocast(bundle):
-            out.append(_to_unit_numpy(bundle.model.encode_text(tokens)))
-    return np.concatenate(out)
+            out.append(bundle.model.encode_text(tokens).float())
+    return _to_unit_numpy(torch.cat(out))
 
 
 def clip_scores(img_emb: np.ndarray, txt_emb: np.ndarray) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 The Parrot-captions pipeline needs two things per image: how much of it is covered by
 text (detection only, cheap) and, for images that have text, what the text says
-(detection + recognition). `RapidOcrSpotter` is the default, built on rapidocr's bundled
-ONNX models so it works offline; other spotters (DeepSolo, docTR) are named by import
-path (`package.module:factory`) and built once per Python worker.
+(detection + recognition). Both spotters here run rapidocr's bundled PP-OCR ONNX models,
+so they work offline: `udfs.batched_ocr.BatchedOcrSpotter` (the default, alias `batched`)
+batches images through the detector and crops through the recogniser; `RapidOcrSpotter`
+(alias `rapidocr`) runs RapidOCR image by image. Other spotters (DeepSolo, docTR) are
+named by import path (`package.module:factory`) and built once per Python worker.
+
+The image-level text rule lives here too (`reads_text`): text read, not boxes found.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ DEFAULT_MIN_EDGE_DENSITY = 0.03
 # Grey-level step between neighbouring pixels that counts as an edge (above sensor noise).
 EDGE_LEVEL = 40.0
 DEFAULT_REC_MIN_CONFIDENCE = 0.5
+# The score stage's text rule (`score.text_min_confidence`): an image has text when a box
+# reads at least one letter or digit with at least this recognition confidence. Chosen
+# with benchmarks/ocr_threshold_sweep.py (section 3); below the spotter's own
+# rec_min_confidence a box has no text anyway.
+DEFAULT_TEXT_MIN_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,18 @@ class OcrResult:
     def text(self) -> str:
         """Recognised text in reading order; "" in detection-only mode."""
         return " ".join(b.text for b in self.boxes if b.text)
+
+
+def box_reads_text(box: OcrBox, min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE) -> bool:
+    """A box counts as text when it was read as at least one letter or digit (any
+    script) with confidence >= `min_confidence`; empty or punctuation-only reads do not."""
+    return (bool(box.text) and box.confidence >= min_confidence
+            and any(ch.isalnum() for ch in box.text))
+
+
+def reads_text(result: OcrResult, min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE) -> bool:
+    """The image-level text rule over a result with recognition (see box_reads_text)."""
+    return any(box_reads_text(b, min_confidence) for b in result.boxes)
 
 
 def polygon_area(polygon: Sequence[Point]) -> float:
@@ -132,6 +153,8 @@ class RapidOcrSpotter:
     can be lower than in detection-only mode; boxes read below `rec_min_confidence`
     are kept with `text=None`.
     """
+
+    reads_only_detected = True  # recognize=True reads detected boxes only: one pass
 
     def __init__(
         self,
@@ -248,12 +271,17 @@ SpotterFactory = Callable[..., TextSpotter]
 # Spotters are named by import path so that a third-party spotter reaches executors
 # through the normal Python path (an installed package or `spark.sparkContext.addPyFile`):
 # a registry filled on the driver would never exist in the executors' Python workers.
-DEFAULT_SPOTTER = "udfs.ocr:rapidocr_spotter"
-SPOTTER_ALIASES = {"rapidocr": DEFAULT_SPOTTER}
+RAPIDOCR_SPOTTER = "udfs.ocr:rapidocr_spotter"
+BATCHED_SPOTTER = "udfs.batched_ocr:batched_spotter"
+# The batched spotter runs the same PP-OCR models with the same post-processing and
+# agrees with per-image RapidOCR (benchmarks/ocr_threshold_sweep.py, section 2); it is
+# cheaper on CPU and the one that batches on a GPU.
+DEFAULT_SPOTTER = BATCHED_SPOTTER
+SPOTTER_ALIASES = {"rapidocr": RAPIDOCR_SPOTTER, "batched": BATCHED_SPOTTER}
 
 
 def rapidocr_spotter(device: Any = None, cpu_threads: int = 0, **options: Any) -> TextSpotter:
-    """The default spotter: RapidOCR on the task's device with the worker's thread budget."""
+    """Per-image RapidOCR on the task's device with the worker's thread budget."""
     on_gpu = getattr(device, "type", None) == "cuda"
     options.setdefault("use_gpu", on_gpu)
     if on_gpu:

@@ -4,11 +4,24 @@ One decode per image feeds every model. Models load once per Python worker (the
 udfs.ocr / udfs.clip_models / udfs.aesthetic caches) on the task's device, and run on
 batches of `batch_size` images. A batch that fails is retried image by image, so one bad
 image becomes one error row, never a failed task.
+
+On a GPU the data path is built to keep the device busy: the next batch is decoded by a
+thread pool while the current one runs on the GPU; every decoded image goes to the GPU
+once (pinned host memory, non-blocking copies) and that copy feeds the OCR detector's
+and both CLIP towers' preprocessing, which run on the GPU too.
+
+The text rule: an image has text when recognition reads at least one letter or digit
+with confidence >= `text_min_confidence` in one of its boxes. Boxes read as nothing or as
+punctuation only stay in `ocr_boxes` but do not count. With `recognize: none`
+(detection only, the fast path) any detector box counts.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
-from udfs.ocr import DEFAULT_SPOTTER, check_spotter_path
+from udfs.ocr import DEFAULT_SPOTTER, DEFAULT_TEXT_MIN_CONFIDENCE, check_spotter_path, reads_text
 from udfs.worker_cache import worker_cached
 
 SCORE_FIELDS = (
@@ -24,6 +37,8 @@ SCORE_FIELDS = (
     "has_text", "clip_score", "clip_score_source", "aesthetic_score", "aesthetic_source",
     "image_embedding",
 )
+# Decode threads per Python worker on a GPU when `decode_threads` is 0 (auto).
+GPU_DECODE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,12 @@ class ScoreSettings:
     # factory also gets `device` and `cpu_threads`. Empty options: the spotter's defaults.
     spotter: str = DEFAULT_SPOTTER
     spotter_options: dict[str, Any] = field(default_factory=dict)
-    # none: detection only; texted: read the text of images with boxes; all: det+rec everywhere
+    # none: detection only (any box is text: the fast path); texted: read the boxes of
+    # images with boxes; all: det+rec everywhere
     recognize: str = "texted"
+    # The text rule: an image has text when a box reads at least one letter or digit
+    # with recognition confidence >= this (benchmarks/ocr_threshold_sweep.py).
+    text_min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE
     # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
@@ -47,10 +66,13 @@ class ScoreSettings:
     random_init_ok: bool = False
     precision: str = "fp16"  # fp16 | bf16 | fp32 (CUDA only; CPU runs float32)
     prefer_gpu: bool = True
-    batch_size: int = 64  # images per model call
+    batch_size: int = 64  # images per model call (conf/gpu.yaml: 256 on an H100)
     # CPU threads each Python worker gives torch and onnxruntime (0 = library default).
     # Spark already runs one task per core, so more than spark.task.cpus oversubscribes.
     cpu_threads: int = 1
+    # Threads that decode the next batch while the models run on the current one.
+    # 0 = auto: 4 on a GPU, none on CPU (decoding inline; the cores are busy anyway).
+    decode_threads: int = 0
     # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
@@ -59,6 +81,11 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         if self.recognize not in ("none", "texted", "all"):
             raise ValueError(f"recognize must be none, texted or all, got {self.recognize!r}")
+        if not 0.0 <= self.text_min_confidence <= 1.0:
+            raise ValueError(
+                f"text_min_confidence must be in [0, 1], got {self.text_min_confidence!r}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
         check_spotter_path(self.spotter)
 
 
@@ -99,6 +126,20 @@ def models_for(s: ScoreSettings) -> Models:
     return worker_cached("score_models", s, lambda: Models(s))
 
 
+class _Laps:
+    """Wall time per phase into `into` (None: not measured)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into = into
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[name] = self.into.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 def _error_row(sample_id: int, reason: str) -> dict:
     row = dict.fromkeys(SCORE_FIELDS)
     row.update(sample_id=sample_id, status="error", error=reason)
@@ -112,21 +153,52 @@ def _finite_or_none(values: pd.Series) -> list[float | None]:
     return out
 
 
-def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
-                 given_sim: list[float | None], given_aes: list[float | None],
-                 s: ScoreSettings) -> list[dict]:
-    """Score decoded RGB arrays; raises if any model fails (the caller isolates)."""
-    from udfs import aesthetic, clip_models
+def has_text(result, s: ScoreSettings, recognized: bool) -> bool:
+    """The stage's text rule for one OCR result (see the module docstring)."""
+    if not recognized:
+        return result.box_count > 0
+    return reads_text(result, s.text_min_confidence)
 
-    m = models_for(s)
-    ocr = m.spotter.spot(arrays, recognize=s.recognize == "all")
+
+def spot(m: Models, arrays: list[np.ndarray], s: ScoreSettings,
+         device_images: list | None = None) -> list:
+    """OCR per `s.recognize`; one pass when the spotter only reads what it detects."""
+    spotter = m.spotter
+    kw = {}
+    if device_images is not None and getattr(spotter, "accepts_device_images", False):
+        kw["device_images"] = device_images
+    if s.recognize == "all" or (s.recognize == "texted"
+                                and getattr(spotter, "reads_only_detected", False)):
+        return spotter.spot(arrays, recognize=True, **kw)
+    ocr = spotter.spot(arrays, recognize=False, **kw)
     if s.recognize == "texted":
         texted = [i for i, r in enumerate(ocr) if r.box_count > 0]
         if texted:
-            read = m.spotter.spot([arrays[i] for i in texted], recognize=True)
+            read = spotter.spot([arrays[i] for i in texted], recognize=True)
             for i, r in zip(texted, read, strict=True):
                 ocr[i] = r
-    img_emb = clip_models.encode_images(m.b32, arrays, batch_size=s.batch_size)
+    return ocr
+
+
+def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
+                 given_sim: list[float | None], given_aes: list[float | None],
+                 s: ScoreSettings, laps: dict[str, float] | None = None) -> list[dict]:
+    """Score decoded RGB arrays; raises if any model fails (the caller isolates).
+
+    `laps`, when given, accumulates wall seconds per phase (upload, ocr, b32, l14, rows).
+    """
+    from udfs import aesthetic, clip_models
+
+    m = models_for(s)
+    lap = _Laps(laps)
+    # Each image goes to the GPU once; OCR and both CLIP towers preprocess that copy.
+    dev_images = (clip_models.upload_images(arrays, m.device)
+                  if m.device.type == "cuda" else None)
+    lap("upload")
+    ocr = spot(m, arrays, s, dev_images)
+    lap("ocr")
+    img_emb = clip_models.encode_images(m.b32, arrays, batch_size=s.batch_size,
+                                        device_images=dev_images)
     sims: list[float | None] = list(given_sim) if s.reuse_similarity else [None] * len(ids)
     need_text = [i for i, v in enumerate(sims) if v is None]
     if need_text:
@@ -135,15 +207,19 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
         computed = clip_models.clip_scores(img_emb[need_text], txt)
         for i, v in zip(need_text, computed, strict=True):
             sims[i] = float(v)
+    lap("b32")
     aes: list[float | None] = list(given_aes) if s.reuse_aesthetic else [None] * len(ids)
     need_aes = [i for i, v in enumerate(aes) if v is None]
     if need_aes:
         l14, mlp = m.aesthetic_models(s)
-        emb = clip_models.encode_images(l14, [arrays[i] for i in need_aes],
-                                        batch_size=s.batch_size)
+        emb = clip_models.encode_images(
+            l14, [arrays[i] for i in need_aes], batch_size=s.batch_size,
+            device_images=None if dev_images is None else [dev_images[i] for i in need_aes])
         for i, v in zip(need_aes, aesthetic.score(mlp, emb), strict=True):
             aes[i] = float(v)
+    lap("l14")
     text_done, aes_done = set(need_text), set(need_aes)
+    recognized = s.recognize != "none"
     rows = []
     for k, sid in enumerate(ids):
         r = ocr[k]
@@ -155,37 +231,103 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
                 {"polygon": [[float(x), float(y)] for x, y in b.polygon], "text": b.text,
                  "confidence": float(b.confidence)} for b in r.boxes
             ],
-            "has_text": r.box_count > 0,
+            "has_text": has_text(r, s, recognized),
             "clip_score": sims[k],
             "clip_score_source": "computed" if k in text_done else "metadata",
             "aesthetic_score": aes[k],
             "aesthetic_source": "computed" if k in aes_done else "metadata",
-            "image_embedding": img_emb[k].astype(np.float32).tolist(),
+            # A float32 array: Arrow converts it without a Python float per element.
+            "image_embedding": img_emb[k],
         })
+    lap("rows")
     return rows
 
 
-def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over (sample_id, image, text, similarity, aesthetic) rows."""
-    for batch in batches:
-        for start in range(0, len(batch), s.batch_size):
-            part = batch.iloc[start:start + s.batch_size]
-            yield pd.DataFrame(_score_part(part, s), columns=list(SCORE_FIELDS))
+@dataclass
+class Decoded:
+    """One part of an Arrow batch after decoding."""
+
+    part: pd.DataFrame
+    ok_idx: list[int]
+    arrays: list[np.ndarray]
+    errors: list[dict]
 
 
-def _score_part(part: pd.DataFrame, s: ScoreSettings) -> list[dict]:
-    rows: list[dict] = []
-    ok_idx, arrays = [], []
+def decode_part(part: pd.DataFrame, s: ScoreSettings,
+                pool: ThreadPoolExecutor | None = None) -> Decoded:
+    """Decode a part's images (in `pool` when given: Pillow releases the GIL)."""
     ids = part["sample_id"].tolist()
-    for k, data in enumerate(part["image"]):
-        decoded = decode_image(data, max_pixels=s.max_pixels)
-        if decoded.ok:
+
+    def one(data):
+        return decode_image(data, max_pixels=s.max_pixels)
+
+    data = part["image"].tolist()
+    decoded = list(pool.map(one, data)) if pool is not None else [one(d) for d in data]
+    ok_idx, arrays, errors = [], [], []
+    for k, d in enumerate(decoded):
+        if d.ok:
             ok_idx.append(k)
-            arrays.append(np.asarray(decoded.image))
+            arrays.append(np.asarray(d.image))
         else:
-            rows.append(_error_row(ids[k], f"decode:{decoded.error}"))
-    if not ok_idx:
+            errors.append(_error_row(ids[k], f"decode:{d.error}"))
+    return Decoded(part, ok_idx, arrays, errors)
+
+
+def decode_threads(s: ScoreSettings, device_type: str) -> int:
+    if s.decode_threads > 0:
+        return s.decode_threads
+    if device_type == "cuda":
+        return min(GPU_DECODE_THREADS, os.cpu_count() or 1)
+    return 0
+
+
+def _parts(batches: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        for start in range(0, len(batch), size):
+            yield batch.iloc[start:start + size]
+
+
+def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over (sample_id, image, text, similarity, aesthetic) rows.
+
+    With decode threads (a GPU worker by default) part k+1 is decoded while part k is
+    scored.
+    """
+    from udfs.device import select_device
+
+    threads = decode_threads(s, select_device(s.prefer_gpu).type)
+    columns = list(SCORE_FIELDS)
+    if threads <= 0:
+        for part in _parts(batches, s.batch_size):
+            yield pd.DataFrame(_score_part(part, s), columns=columns)
+        return
+    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
+        pending = None
+        for part in _parts(batches, s.batch_size):
+            upcoming = ahead.submit(decode_part, part, s, pool)
+            if pending is not None:
+                yield pd.DataFrame(score_decoded(pending.result(), s), columns=columns)
+            pending = upcoming
+        if pending is not None:
+            yield pd.DataFrame(score_decoded(pending.result(), s), columns=columns)
+
+
+def _score_part(part: pd.DataFrame, s: ScoreSettings,
+                laps: dict[str, float] | None = None) -> list[dict]:
+    t0 = time.perf_counter()
+    decoded = decode_part(part, s)
+    if laps is not None:
+        laps["decode"] = laps.get("decode", 0.0) + time.perf_counter() - t0
+    return score_decoded(decoded, s, laps)
+
+
+def score_decoded(d: Decoded, s: ScoreSettings,
+                  laps: dict[str, float] | None = None) -> list[dict]:
+    rows: list[dict] = list(d.errors)
+    if not d.ok_idx:
         return rows
+    part, ok_idx, arrays = d.part, d.ok_idx, d.arrays
+    ids = part["sample_id"].tolist()
     # Model loading errors (bad path, refused random weights) are configuration errors:
     # they fail the task loudly instead of turning every image into a reject.
     models = models_for(s)
@@ -197,7 +339,7 @@ def _score_part(part: pd.DataFrame, s: ScoreSettings) -> list[dict]:
     pick = [ids[k] for k in ok_idx], [texts[k] for k in ok_idx]
     given = [sims[k] for k in ok_idx], [aes[k] for k in ok_idx]
     try:
-        rows.extend(score_images(pick[0], arrays, pick[1], given[0], given[1], s))
+        rows.extend(score_images(pick[0], arrays, pick[1], given[0], given[1], s, laps))
     except Exception:
         # Find the image that breaks the batch; the others still get their scores.
         for j, k in enumerate(ok_idx):

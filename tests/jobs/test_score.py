@@ -155,3 +155,40 @@ def test_third_party_spotter_named_by_import_path_runs_on_executors(
         assert got[sid]["has_text"] and got[sid]["ocr_text"] == "PARROTWORD"
         assert got[sid]["ocr_text_area"] == pytest.approx(0.25, abs=0.02)
     assert got[5]["status"] == "error"
+
+
+PUNCTUATION_SPOTTER = '''
+from udfs.ocr import OcrBox, OcrResult
+
+
+class PunctuationSpotter:
+    """Finds one box per image and reads it as punctuation: no letter, no digit."""
+
+    def spot(self, images, recognize=False):
+        out = []
+        for img in images:
+            h, w = img.shape[:2]
+            box = OcrBox([(0, 0), (w / 4, 0), (w / 4, h / 4), (0, h / 4)],
+                         "..." if recognize else None, 0.97)
+            out.append(OcrResult([box], h, w))
+        return out
+
+
+def make(device=None, cpu_threads=0):
+    return PunctuationSpotter()
+'''
+
+
+def test_has_text_needs_text_read_not_boxes_found(spark, scored_inputs, tmp_path):
+    """Boxes read as punctuation stay in ocr_boxes but do not make has_text."""
+    module = tmp_path / "punctuation_spotter_xyz.py"
+    module.write_text(PUNCTUATION_SPOTTER)
+    spark.sparkContext.addPyFile(str(module))
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter="punctuation_spotter_xyz:make")
+    report = score.run(spark, cfg)
+    assert report.ok == 4 and report.with_text == 0
+    got = {r["sample_id"]: r for r in Lake(spark, cfg).read("scores").collect()}
+    for sid in (1, 2, 3, 4):
+        assert got[sid]["ocr_box_count"] == 1 and not got[sid]["has_text"]
+        assert [b["text"] for b in got[sid]["ocr_boxes"]] == ["..."]

@@ -107,7 +107,7 @@ def test_batch_keeps_order_and_accepts_grey(spotter):
 
 def test_engine_built_once_per_process(spotter):
     assert ocr.make_spotter("rapidocr") is spotter
-    assert ocr.make_spotter(ocr.DEFAULT_SPOTTER) is spotter  # the alias names the same entry
+    assert ocr.make_spotter(ocr.RAPIDOCR_SPOTTER) is spotter  # the alias names the same entry
     assert ocr.make_spotter("rapidocr", {"box_thresh": 0.7}) is not spotter
     assert ocr.make_spotter("rapidocr", {"box_thresh": 0.7}) is ocr.make_spotter(
         "rapidocr", {"box_thresh": 0.7}
@@ -158,6 +158,169 @@ def test_edge_density_separates_strokes_from_flat():
     box = [(15.0, 115.0), (380.0, 115.0), (380.0, 170.0), (15.0, 170.0)]
     assert ocr.edge_density(flat, [(0, 0), (199, 0), (199, 39), (0, 39)]) == 0.0
     assert ocr.edge_density(grey, box) > ocr.DEFAULT_MIN_EDGE_DENSITY
+
+
+# --- the text rule ---------------------------------------------------------------
+
+
+def _box(text, confidence=0.9):
+    return ocr.OcrBox([(0, 0), (4, 0), (4, 2), (0, 2)], text, confidence)
+
+
+@pytest.mark.parametrize(("text", "confidence", "counts"), [
+    ("SALE", 0.9, True), ("7", 0.9, True), ("中文", 0.9, True), ("é", 0.6, True),
+    ("SALE", 0.3, False),  # read, but below the bar
+    (None, 0.9, False), ("", 0.9, False), ("...", 0.99, False), ("-|*", 0.99, False),
+])
+def test_text_rule_needs_a_letter_or_digit_read_confidently(text, confidence, counts):
+    assert ocr.box_reads_text(_box(text, confidence), 0.5) is counts
+    assert ocr.reads_text(ocr.OcrResult([_box(None), _box(text, confidence)], 4, 4), 0.5) is counts
+
+
+def test_text_rule_threshold_is_configurable():
+    res = ocr.OcrResult([_box("A1", 0.62)], 4, 4)
+    assert ocr.reads_text(res, 0.6) and not ocr.reads_text(res, 0.7)
+    assert ocr.reads_text(res) is (ocr.DEFAULT_TEXT_MIN_CONFIDENCE <= 0.62)
+
+
+# --- the batched spotter ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batched() -> ocr.TextSpotter:
+    return ocr.make_spotter("batched", cpu_threads=1)
+
+
+def _iou(a, b) -> float:
+    from shapely.geometry import Polygon
+
+    pa, pb = Polygon(a), Polygon(b)
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def _test_images() -> list[np.ndarray]:
+    return [
+        _with_text(Image.new("RGB", (400, 300), "white")),
+        _with_text(_photo(1)),
+        _with_text(_photo(5, h=256, w=256), "OPEN DAILY", size=24),
+        np.asarray(_photo(2)),
+        np.asarray(_photo(3, texture="stripes")),
+        np.asarray(_photo(4, texture="grass")),
+        np.full((300, 400, 3), 245, np.uint8),
+    ]
+
+
+def test_batched_is_the_default_and_built_once(batched):
+    from udfs.batched_ocr import BatchedOcrSpotter
+
+    assert ocr.DEFAULT_SPOTTER == ocr.BATCHED_SPOTTER
+    assert isinstance(batched, BatchedOcrSpotter) and isinstance(batched, ocr.TextSpotter)
+    assert ocr.make_spotter(ocr.BATCHED_SPOTTER, cpu_threads=1) is batched
+
+
+def test_batched_agrees_with_per_image_rapidocr(spotter, batched):
+    images = _test_images()
+    for recognize in (False, True):
+        ref = spotter.spot(images, recognize=recognize)
+        got = batched.spot(images, recognize=recognize)
+        assert [r.box_count > 0 for r in got] == [r.box_count > 0 for r in ref]
+        for a, b in zip(ref, got, strict=True):
+            assert (b.image_height, b.image_width) == (a.image_height, a.image_width)
+            assert b.box_count == a.box_count
+            for box in a.boxes:  # every reference box has its twin
+                assert max(_iou(box.polygon, o.polygon) for o in b.boxes) > 0.9
+        if recognize:
+            assert [r.text for r in got] == [r.text for r in ref]
+            assert "PARROT" in got[0].text.upper() and "OPEN" in got[2].text.upper()
+
+
+def test_batched_letterboxing_does_not_move_boxes(batched):
+    """Mixed sizes share a padded batch; the boxes equal those of exact-size batches."""
+    from udfs.batched_ocr import BatchedOcrSpotter
+
+    images = [_with_text(_photo(6, h=300, w=400)), _with_text(_photo(7, h=260, w=330)),
+              _with_text(Image.new("RGB", (500, 280), "white"))]
+    exact = BatchedOcrSpotter(bucket=0, num_threads=1).spot(images)
+    padded = batched.spot(images)
+    assert [r.box_count for r in padded] == [r.box_count for r in exact]
+    for a, b in zip(exact, padded, strict=True):
+        for box in a.boxes:
+            assert max(_iou(box.polygon, o.polygon) for o in b.boxes) > 0.9
+
+
+def test_batched_torch_engine_matches_numpy(batched):
+    """The GPU code path (torch preprocessing + ONNX Runtime I/O binding) on CPU."""
+    from udfs.batched_ocr import BatchedOcrSpotter
+    from udfs.clip_models import upload_images
+
+    images = _test_images()
+    torch_path = BatchedOcrSpotter(engine="torch", num_threads=1)
+    want = batched.spot(images, recognize=True)
+    for kw in ({}, {"device_images": upload_images(images, "cpu")}):
+        got = torch_path.spot(images, recognize=True, **kw)
+        assert torch_path.engine == "torch"  # it did not fall back
+        assert [r.text for r in got] == [r.text for r in want]
+        for a, b in zip(want, got, strict=True):
+            assert b.box_count == a.box_count
+            for box in a.boxes:
+                assert max(_iou(box.polygon, o.polygon) for o in b.boxes) > 0.9
+
+
+def test_batched_keeps_boxes_read_as_nothing(batched, monkeypatch):
+    img = _with_text(Image.new("RGB", (400, 300), "white"))
+    det = batched.spot([img])[0]
+    assert det.box_count >= 1
+
+    class Unreadable:
+        def __call__(self, rec_input):
+            n = len(rec_input.img)
+            return type("Out", (), {"txts": ("",) * n, "scores": (0.8,) * n})()
+
+    monkeypatch.setattr(batched, "_rec", Unreadable())
+    (res,) = batched.spot([img], recognize=True)
+    assert res.box_count == det.box_count  # the boxes stay, for analysis
+    assert all(b.text is None and b.confidence == 0.8 for b in res.boxes)
+    assert res.text == "" and not ocr.reads_text(res)
+
+
+def test_det_size_follows_rapidocr():
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    from udfs.batched_ocr import det_size
+
+    rng = np.random.default_rng(0)
+    for limit_type in ("min", "max"):
+        pre = DetPreProcess(512, limit_type)
+        for h, w in rng.integers(20, 1500, (40, 2)):
+            resized = pre.resize(np.zeros((h, w, 3), np.uint8))
+            assert det_size(int(h), int(w), 512, limit_type) == resized.shape[:2]
+
+
+def test_batched_spotter_rejects_bad_options():
+    from udfs.batched_ocr import BatchedOcrSpotter
+
+    with pytest.raises(ValueError, match="engine"):
+        BatchedOcrSpotter(engine="tensorrt")
+    with pytest.raises(ValueError, match="limit_type"):
+        BatchedOcrSpotter(det_limit_type="mid")
+
+
+@pytest.mark.gpu
+def test_gpu_batched_spotter_matches_cpu(batched):
+    import torch
+
+    from udfs.clip_models import upload_images
+    from udfs.device import ort_cuda_available
+
+    gpu = ocr.make_spotter("batched", device=torch.device("cuda", 0))
+    assert gpu.engine == ("torch" if ort_cuda_available() else "numpy")
+    images = _test_images()
+    want = batched.spot(images, recognize=True)
+    for kw in ({}, {"device_images": upload_images(images, torch.device("cuda", 0))}):
+        got = gpu.spot(images, recognize=True, **kw)
+        assert [r.box_count for r in got] == [r.box_count for r in want]
+        assert [ocr.reads_text(r) for r in got] == [ocr.reads_text(r) for r in want]
+        assert "PARROT" in got[0].text.upper()
 
 
 @pytest.mark.gpu

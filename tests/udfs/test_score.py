@@ -1,0 +1,143 @@
+"""The score stage's executor side without Spark: the text rule in the rows, the
+threaded decode, and the GPU data path (run on CPU tensors here; `gpu` tests on CUDA)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from udfs import clip_models as cm
+from udfs import score
+from udfs.ocr import OcrBox, OcrResult
+
+TINY = cm.TINY_MODEL_NAME
+
+
+def _settings(**kw) -> score.ScoreSettings:
+    base = dict(clip_model=TINY, clip_pretrained="random", aesthetic_clip_model=TINY,
+                aesthetic_clip_pretrained="random", aesthetic_weights="random",
+                random_init_ok=True, batch_size=4, prefer_gpu=False)
+    base.update(kw)
+    return score.ScoreSettings(**base)
+
+
+class ReadingSpotter:
+    """One box per image, read as `reads[i % len(reads)]` with confidence 0.9."""
+
+    def __init__(self, reads=("...",), device=None, cpu_threads=0):
+        self.reads = list(reads)
+
+    def spot(self, images, recognize=False):
+        out = []
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            text = self.reads[i % len(self.reads)] if recognize else None
+            out.append(OcrResult([OcrBox([(0, 0), (w / 2, 0), (w / 2, h / 2), (0, h / 2)],
+                                         text, 0.9)], h, w))
+        return out
+
+
+def _images(n: int = 4, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = [(64, 64), (80, 120), (64, 64), (150, 90)]
+    out = []
+    for i in range(n):
+        a = rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8)
+        out.append(np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(2))))
+    return out
+
+
+def _frame(images: list[np.ndarray]) -> pd.DataFrame:
+    data = []
+    for a in images:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        data.append(buf.getvalue())
+    data.append(b"not an image")
+    n = len(data)
+    return pd.DataFrame({"sample_id": list(range(1, n + 1)), "image": data,
+                         "text": ["a photo"] * n, "similarity": [None] * n,
+                         "aesthetic": [None] * n})
+
+
+@pytest.mark.parametrize(("reads", "recognize", "want"), [
+    (["...", "", "-"], "texted", [False, False, False]),  # boxes, but nothing read
+    (["SALE", "...", "7"], "texted", [True, False, True]),
+    (["...", "...", "..."], "none", [True, True, True]),  # detection only: boxes count
+    (["中文", "!", "é"], "all", [True, False, True]),
+])
+def test_has_text_follows_the_text_rule(reads, recognize, want):
+    s = _settings(spotter=f"{__name__}:ReadingSpotter", spotter_options={"reads": reads},
+                  recognize=recognize)
+    rows = score.score_images([1, 2, 3], _images(3), ["a", "b", "c"], [None] * 3, [None] * 3,
+                              s)
+    assert [r["has_text"] for r in rows] == want
+    assert all(r["ocr_box_count"] == 1 and len(r["ocr_boxes"]) == 1 for r in rows)
+
+
+def test_text_rule_threshold_from_settings():
+    s = _settings(spotter=f"{__name__}:ReadingSpotter", spotter_options={"reads": ["A"]},
+                  text_min_confidence=0.95)  # the spotter reads with confidence 0.9
+    (row,) = score.score_images([1], _images(1), ["a"], [None], [None], s)
+    assert not row["has_text"] and row["ocr_text"] == "A"
+    with pytest.raises(ValueError, match="text_min_confidence"):
+        _settings(text_min_confidence=1.5)
+
+
+def test_threaded_decode_gives_the_same_rows():
+    frame = _frame(_images(4))
+    inline = _settings(spotter=f"{__name__}:ReadingSpotter", decode_threads=0)
+    threaded = dataclasses.replace(inline, decode_threads=2, batch_size=2)
+    assert score.decode_threads(inline, "cpu") == 0 and score.decode_threads(inline, "cuda") > 0
+    def rows(frames):
+        out = [r for f in frames for r in f.to_dict("records")]
+        return sorted(out, key=lambda r: r["sample_id"])
+
+    want = rows(score.score_batches(iter([frame]), inline))
+    got = rows(score.score_batches(iter([frame.iloc[:3], frame.iloc[3:]]), threaded))
+    assert [r["sample_id"] for r in got] == [r["sample_id"] for r in want] == [1, 2, 3, 4, 5]
+    assert [r["status"] for r in got] == [r["status"] for r in want] == ["ok"] * 4 + ["error"]
+    assert [r["has_text"] for r in got] == [r["has_text"] for r in want]
+    for a, b in zip(want[:4], got[:4], strict=True):
+        np.testing.assert_allclose(a["image_embedding"], b["image_embedding"], atol=1e-5)
+
+
+def test_device_preprocessing_matches_pillow():
+    """The GPU preprocessing code, run on CPU tensors, against open_clip's PIL path."""
+    bundle = cm.load_clip(TINY, None, "cpu", "fp32", random_init_ok=True)
+    images = _images(4)
+    on_device = cm.upload_images(images, "cpu")
+    assert [tuple(t.shape) for t in on_device] == [a.shape for a in images]
+    for mode in ("shortest", "squash", "longest"):
+        b = dataclasses.replace(bundle, resize_mode=mode)
+        got = cm.preprocess_on_device(b, on_device)
+        want = cm.image_tensor_batch(images, b.preprocess_size, b.mean, b.std, resize_mode=mode)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        assert float((got - want).abs().mean()) < 0.005  # Pillow rounds between passes
+        with torch.inference_mode():
+            e_got = torch.nn.functional.normalize(bundle.model.encode_image(got), dim=-1)
+            e_want = torch.nn.functional.normalize(bundle.model.encode_image(want), dim=-1)
+        assert float((e_got * e_want).sum(-1).min()) > 0.999
+
+
+@pytest.mark.gpu
+def test_gpu_data_path_matches_cpu():
+    """On CUDA: one upload, GPU preprocessing, channels-last fp16 towers, the batched
+    spotter fed from the uploaded images; the rows agree with the CPU path."""
+    frame = _frame(_images(4))
+    cpu = _settings()
+    gpu = dataclasses.replace(cpu, prefer_gpu=True)
+    want = score._score_part(frame, cpu)
+    got = score._score_part(frame, gpu)
+    assert score.models_for(gpu).device.type == "cuda"
+    for a, b in zip(want, got, strict=True):
+        assert (a["sample_id"], a["status"], a["has_text"]) == (
+            b["sample_id"], b["status"], b["has_text"])
+        if a["status"] == "ok":
+            np.testing.assert_allclose(a["image_embedding"], b["image_embedding"], atol=3e-2)
