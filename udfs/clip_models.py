@@ -240,15 +240,20 @@ def _resize_one(
         return canvas
     if resize_mode != "shortest":
         raise ValueError(f"unknown resize_mode {resize_mode!r}")
-    # torchvision: short side -> size, long side -> int(size * long / short).
+    new_h, new_w, top, left = shortest_side_geometry(h, w, size)
+    img = img.resize((new_w, new_h), resample)
+    return img.crop((left, top, left + size, top + size))
+
+
+def shortest_side_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """open_clip's "shortest" eval transform as numbers, shared by the Pillow and torch
+    paths: (resized h, resized w, crop top, crop left). As torchvision: the short side
+    becomes `size`, the long side int(size * long / short), then a centre crop."""
     if w <= h:
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
-    img = img.resize((new_w, new_h), resample)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
 
 
 def image_tensor_batch(
@@ -341,13 +346,8 @@ def _resize_tensor(x: torch.Tensor, size: int, resize_mode: str, mode: str,
         return canvas
     if resize_mode != "shortest":
         raise ValueError(f"unknown resize_mode {resize_mode!r}")
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
+    new_h, new_w, top, left = shortest_side_geometry(h, w, size)
     y = resize(new_h, new_w)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
     return y[:, :, top:top + size, left:left + size]
 
 
