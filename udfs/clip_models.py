@@ -351,6 +351,14 @@ def _resize_tensor(x: torch.Tensor, size: int, resize_mode: str, mode: str,
     return y[:, :, top:top + size, left:left + size]
 
 
+def bundle_tensor_batch(bundle: ClipBundle, images: list[np.ndarray]) -> torch.Tensor:
+    """`image_tensor_batch` with the model's own preprocessing settings."""
+    return image_tensor_batch(images, bundle.preprocess_size, bundle.mean, bundle.std,
+                              resize_mode=bundle.resize_mode,
+                              interpolation=bundle.interpolation,
+                              fill_color=bundle.fill_color)
+
+
 def preprocess_on_device(bundle: ClipBundle, images: list[torch.Tensor]) -> torch.Tensor:
     """CLIP input batch (N, 3, S, S), channels-last, from uint8 HxWx3 tensors on one
     device: the geometry of `image_tensor_batch`, computed where the tensors are."""
@@ -394,15 +402,7 @@ def encode_images(
         if on_gpu:
             x = preprocess_on_device(bundle, device_images[start : start + step])
         else:
-            x = image_tensor_batch(
-                images[start : start + step],
-                bundle.preprocess_size,
-                bundle.mean,
-                bundle.std,
-                resize_mode=bundle.resize_mode,
-                interpolation=bundle.interpolation,
-                fill_color=bundle.fill_color,
-            )
+            x = bundle_tensor_batch(bundle, images[start : start + step])
         with torch.inference_mode(), _autocast(bundle):
             out.append(bundle.model.encode_image(x).float())
     return _to_unit_numpy(torch.cat(out))

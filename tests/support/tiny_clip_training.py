@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udfs.clip_models import ClipBundle, image_tensor_batch, save_checkpoint
+from udfs.clip_models import ClipBundle, bundle_tensor_batch, save_checkpoint
 from udfs.render import RenderSettings, render_word
 
 
@@ -55,17 +55,7 @@ def rendered_inputs(bundle: ClipBundle, words: list[str], render: RenderSettings
     per_style = []
     for style in render.styles:
         images = [render_word(w, style, render) for w in words]
-        per_style.append(
-            image_tensor_batch(
-                images,
-                bundle.preprocess_size,
-                bundle.mean,
-                bundle.std,
-                resize_mode=bundle.resize_mode,
-                interpolation=bundle.interpolation,
-                fill_color=bundle.fill_color,
-            )
-        )
+        per_style.append(bundle_tensor_batch(bundle, images))
     return torch.stack(per_style)
 
 
