@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from proc_cpu import live_processes  # benchmarks/, the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -112,18 +113,9 @@ def server_process(directory: Path):
 
 def _cpu_of_session(sid: int, seen: dict[int, float]) -> None:
     """Add the CPU seconds (user + system) of every live process of session `sid`."""
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # fields after the name: state ppid pgrp session ...
-            seen[int(entry)] = max(seen.get(int(entry), 0.0),
-                                   (int(fields[11]) + int(fields[12])) / tick)
+    for pid, info in live_processes().items():
+        if info.session == sid:
+            seen[pid] = max(seen.get(pid, 0.0), info.cpu_s)
 
 
 def run_timed(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:

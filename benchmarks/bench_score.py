@@ -50,6 +50,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proc_cpu import live_processes  # noqa: E402  (benchmarks/, the script's folder)
+
 from jobs import score  # noqa: E402
 from jobs.config import load_config  # noqa: E402
 from jobs.download import TABLE_SCHEMA as IMAGES_TABLE  # noqa: E402
@@ -81,23 +83,12 @@ def make_images(n: int, size: int, first_id: int = 1) -> list[tuple[int, bytes, 
 
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of `root` and its live descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    procs = live_processes()
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo += [p for p, parent in parents.items() if parent == pid]
+        total += procs[pid].cpu_s if pid in procs else 0.0
+        todo += [p for p, info in procs.items() if info.ppid == pid]
     return total
 
 
