@@ -215,20 +215,6 @@ def export_csv(lake: Lake, out_dir: str) -> dict[str, str]:
     return written
 
 
-def _overwrite(lake: Lake, key: str, df: DataFrame, partition_by: tuple[str, ...] = ()) -> None:
-    """Replace a derived table whole (one commit); analysis tables are recomputed, never
-    appended, so a re-run gives the same table."""
-    ref = lake.ref(key)
-    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    if ref.path is not None:
-        writer.save(ref.path)
-    else:
-        writer.saveAsTable(ref.name)
-    lake.register(key)
-
-
 def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
     lake = Lake(spark, cfg)
     for key in ("metadata", "scores"):
@@ -237,13 +223,13 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
     report = AnalyzeReport()
     parrot = measures(pairs(lake), cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        _overwrite(lake, "parrot", parrot)
+        lake.overwrite("parrot", parrot)
         parrot = lake.read("parrot")
-        _overwrite(lake, "parrot_summary", parrot_summary(parrot))
-        _overwrite(lake, "clip_by_text", clip_by_text(parrot))
-        _overwrite(lake, "cluster_ocr", cluster_ocr(parrot))
-        _overwrite(lake, "funnel", funnel(lake))
-        _overwrite(lake, "ngrams", top_k(ngram_counts(lake, parrot), cfg.analyze.top_k),
+        lake.overwrite("parrot_summary", parrot_summary(parrot))
+        lake.overwrite("clip_by_text", clip_by_text(parrot))
+        lake.overwrite("cluster_ocr", cluster_ocr(parrot))
+        lake.overwrite("funnel", funnel(lake))
+        lake.overwrite("ngrams", top_k(ngram_counts(lake, parrot), cfg.analyze.top_k),
                    partition_by=("vocab",))
     finally:
         parrot.unpersist()

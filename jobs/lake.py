@@ -219,6 +219,19 @@ class Lake:
         return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()
                             ).hexdigest()
 
+    def overwrite(self, key: str, df: DataFrame, partition_by: tuple[str, ...] = ()) -> None:
+        """Create or replace the whole table by `df` in one commit (derived tables that are
+        recomputed, never appended, so a re-run gives the same table)."""
+        ref = self.ref(key)
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if ref.path is not None:
+            with_commit_retries(lambda: writer.save(ref.path))
+        else:
+            with_commit_retries(lambda: writer.saveAsTable(ref.name))
+        self.register(key)
+
     def properties(self, key: str) -> dict[str, str]:
         ref = self.register(key)
         rows = self.spark.sql(f"SHOW TBLPROPERTIES {ref.name}").collect()

@@ -159,9 +159,9 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
 def sync_sections(lake: Lake) -> dict[str, pd.DataFrame]:
     """Per-word Sync. Scores and their summary, when `deparrot sync-score` has run."""
     out: dict[str, pd.DataFrame] = {}
-    if "sync_scores" in vars(lake.cfg.tables) and lake.exists("sync_scores"):
+    if lake.exists("sync_scores"):
         out["sync_summary"] = lake.read("sync_scores").toPandas()
-    if "sync_word_scores" in vars(lake.cfg.tables) and lake.exists("sync_word_scores"):
+    if lake.exists("sync_word_scores"):
         words = lake.read("sync_word_scores").where(F.col("status") == "ok")
         out["sync_scores"] = words.select("model", "style", "score").limit(200_000).toPandas()
     return out

@@ -122,11 +122,8 @@ def summarize(scored: DataFrame, vocabulary_name: str, sc: SyncScoreConfig) -> D
 
 def _replace_models(lake: Lake, key: str, df: DataFrame, labels: list[str]) -> None:
     """One commit replacing the rows of these models (other models' rows stay)."""
-    ref = lake.ref(key)
     if not lake.exists(key):
-        writer = df.write.format("delta")
-        writer.save(ref.path) if ref.path else writer.saveAsTable(ref.name)
-        lake.register(key)
+        lake.overwrite(key, df)
         return
     quoted = ", ".join("'" + m.replace("'", "''") + "'" for m in labels)
     lake.replace_where(key, df, f"model IN ({quoted})")
