@@ -20,9 +20,7 @@ Everything is computed in Spark; only aggregates of a few rows reach the driver.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -31,9 +29,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import Config
-from jobs.errors import UserError
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs import storage
 
 CSV_ROWS_PER_PARTITION = 20_000
 VOCABS = ("caption_1gram", "caption_2gram", "co_emb_1gram")
@@ -197,29 +195,28 @@ def export_csv(lake: Lake, out_dir: str) -> dict[str, str]:
     Rows stream through toLocalIterator in rank ranges of CSV_ROWS_PER_PARTITION, so the
     driver holds one range at a time, not a whole 400k-entry vocabulary.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     written = {}
     for vocab in VOCABS:
-        path = Path(out_dir) / f"{vocab}.csv"
-        tmp = path.with_suffix(".csv.tmp")
+        path = storage.join(out_dir, f"{vocab}.csv")
+        tmp = storage.temp_path(path)  # beside it, or in /tmp for a URL
         rows = lake.read("ngrams").where(F.col("vocab") == vocab)
         ranges = max(1, -(-rows.count() // CSV_ROWS_PER_PARTITION))
         rows = rows.repartitionByRange(ranges, "rank").sortWithinPartitions("rank")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["word", "count"])
             for row in rows.select("word", "count").toLocalIterator(prefetchPartitions=False):
                 writer.writerow([row["word"], row["count"]])
-        tmp.replace(path)
-        written[vocab] = str(path.resolve())
+        storage.publish_file(tmp, path)
+        written[vocab] = path
     return written
 
 
 def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
     lake = Lake(spark, cfg)
     for key in ("metadata", "scores"):
-        if not lake.exists(key):
-            raise UserError(f"table {lake.ref(key).name} is missing: run `deparrot run` first")
+        lake.require(key)
     report = AnalyzeReport()
     parrot = measures(pairs(lake), cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -240,7 +237,7 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
     report.vocab_sizes = {r["vocab"]: r["count"] for r in
                           lake.read("ngrams").groupBy("vocab").count().collect()}
     if cfg.analyze.export_dir:
-        report.csv = export_csv(lake, cfg.analyze.export_dir)
+        report.csv = export_csv(lake, cfg.shared(cfg.analyze.export_dir))
     return report
 
 

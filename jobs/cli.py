@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from jobs.config import Config, load_config
 from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
 from jobs.stages import Stage, all_stages
+from udfs.storage import StorageError
 
 EXIT_USER_ERROR = 2
 EXIT_CONCURRENT_RUN = 3
@@ -29,6 +31,8 @@ def build_parser(stages: list[Stage]) -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config file (may `extends:` another)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set ingest.family=laion2b")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Spark's start-up warnings and torch's INFO logs")
         for flag, key in stage.flags.items():
             p.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(),
                            help=f"shortcut for --set {key}=...")
@@ -41,6 +45,10 @@ def parse(argv: list[str]) -> tuple[Stage, Config, argparse.Namespace]:
     stages = all_stages()
     args = build_parser(stages).parse_args(argv)
     stage = next(s for s in stages if s.name == args.command)
+    if args.verbose:
+        from jobs.session import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # read by the session and by training processes
     overrides = list(args.set)
     for key in stage.flags.values():
         value = getattr(args, key, None)
@@ -74,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stage, cfg, args = parse(argv)
         result = run_stage(stage, cfg, args)
-    except UserError as exc:
-        print(f"deparrot {command}: {exc}", file=sys.stderr)
+    except (UserError, StorageError) as exc:
+        print(f"deparrot {command}: {first_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ConcurrentRunError as exc:
         print(f"deparrot {command}: {exc}", file=sys.stderr)

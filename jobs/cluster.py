@@ -10,7 +10,6 @@ centroid (`kmeans`) and the squared L2 distance to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -49,33 +48,39 @@ def published(cfg: ClusterConfig) -> bool:
     return bool(cfg.published_pca and cfg.published_centroids)
 
 
-def load(cfg: ClusterConfig):
+def artifacts_dir(cfg: Config) -> str:
+    """Where cluster-train writes and cluster-assign reads: shared storage."""
+    return cfg.shared(cfg.cluster.artifacts)
+
+
+def load(cfg: Config):
     """The artifacts to assign with: the published pair when configured, else ours."""
     from udfs import clustering
 
-    if published(cfg):
-        return clustering.load_published(cfg.published_pca, cfg.published_centroids,
-                                         trust_pickle=cfg.trust_pickle)
-    if not artifacts_exist(cfg):
-        raise FileNotFoundError(
-            f"no cluster artifacts in {cfg.artifacts}: run `deparrot cluster-train` or set "
-            "cluster.published_pca and cluster.published_centroids"
-        )
-    return clustering.load_artifacts(cfg.artifacts)
-
-
-def artifacts_exist(cfg: ClusterConfig) -> bool:
-    from udfs.clustering import CENTROIDS_FILE
-
-    return (Path(cfg.artifacts) / CENTROIDS_FILE).is_file()
+    c = cfg.cluster
+    try:
+        if published(c):
+            return clustering.load_published(cfg.shared(c.published_pca),
+                                             cfg.shared(c.published_centroids),
+                                             trust_pickle=c.trust_pickle)
+        folder = artifacts_dir(cfg)
+        if not clustering.artifacts_exist(folder):
+            raise UserError(
+                f"no cluster artifacts in {folder}: run `deparrot cluster-train` first, or "
+                "set cluster.published_pca and cluster.published_centroids")
+        return clustering.load_artifacts(folder)
+    except clustering.ArtifactError as exc:
+        raise UserError(str(exc)) from None
 
 
 def skip_training(spark: SparkSession, cfg: Config) -> str | None:
     """`deparrot run` trains only when neither published nor own artifacts exist."""
+    from udfs import clustering
+
     if published(cfg.cluster):
         return "using the published PCA and centroids"
-    if artifacts_exist(cfg.cluster):
-        return f"artifacts exist in {cfg.cluster.artifacts}"
+    if clustering.artifacts_exist(artifacts_dir(cfg)):
+        return f"artifacts exist in {artifacts_dir(cfg)}"
     return None
 
 
@@ -115,9 +120,8 @@ def train(spark: SparkSession, cfg: Config) -> TrainReport:
         use_gpu=None if c.use_gpu else False,
         embedding_model=f"{cfg.score.clip_model}:{cfg.score.clip_pretrained}",
     )
-    clustering.save_artifacts(art, c.artifacts)
-    return TrainReport(artifacts=str(Path(c.artifacts).resolve()), sample_size=len(x), k=art.k,
-                       pca_dim=art.pca_dim)
+    folder = clustering.save_artifacts(art, artifacts_dir(cfg))
+    return TrainReport(artifacts=folder, sample_size=len(x), k=art.k, pca_dim=art.pca_dim)
 
 
 def transform(df: DataFrame, blob, faiss_threads: int) -> DataFrame:
@@ -133,8 +137,9 @@ def transform(df: DataFrame, blob, faiss_threads: int) -> DataFrame:
 def assign(spark: SparkSession, cfg: Config) -> AssignReport:
     from udfs import clustering
 
-    art = load(cfg.cluster)
     lake = Lake(spark, cfg)
+    lake.require("scores", nonempty=True)
+    art = load(cfg)
     lake.ensure("clusters", CLUSTERS_SCHEMA)
     blob = spark.sparkContext.broadcast(clustering.serialize_artifacts(art))
     current = lake.read("clusters", version=lake.version("clusters")).where(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,11 +20,13 @@ from typing import Any
 import yaml
 
 from jobs.errors import UserError
+from udfs.bounds import at_least, within
 from udfs.decode import DEFAULT_MAX_PIXELS
 from udfs.fetch import FetchSettings
 from udfs.parrot import ParrotSettings
 from udfs.resize import ResizeSettings
 from udfs.score import ScoreSettings
+from udfs.storage import is_absolute, join, resolve
 from udfs.sync_score import SyncModel, SyncSettings
 
 
@@ -53,6 +56,24 @@ class StorageConfig:
     root: str = "data/lake"
     catalog: str = ""
     schema: str = "deparrot"
+    # Shared folder (or URI) for everything that is not a table: cluster artifacts,
+    # vocabulary CSVs, the report, export shards, training logs. Every relative path in
+    # the config (cluster.artifacts, report.out, ...) is resolved against it, never
+    # against the working directory, so a stage on another cluster finds what an
+    # earlier stage wrote. Empty = `<root>/_files` for path tables; managed tables need
+    # it set, e.g. a Unity Catalog Volume /Volumes/<catalog>/<schema>/deparrot.
+    files: str = ""
+
+    def files_root(self) -> str:
+        """The shared folder, absolute (a local root is made absolute once, here)."""
+        if self.files:
+            return _absolute(self.files)
+        if self.root:
+            return join(_absolute(self.root), "_files")
+        raise ConfigError(
+            "storage.files is empty and tables are managed (storage.root is empty): set "
+            "storage.files to shared storage every cluster sees, e.g. "
+            "/Volumes/<catalog>/<schema>/deparrot")
 
 
 @dataclass
@@ -90,6 +111,9 @@ class IngestConfig:
     max_side: float = 100_000.0
     require_text: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_side")
+
 
 @dataclass(frozen=True)
 class DownloadConfig:
@@ -108,6 +132,10 @@ class DownloadConfig:
     resize: ResizeSettings = field(default_factory=ResizeSettings)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "concurrency", "rows_per_commit", "max_pixels")
+        at_least(self, 0, "partitions")
+
 
 @dataclass(frozen=True)
 class ScoreConfig(ScoreSettings):
@@ -117,6 +145,11 @@ class ScoreConfig(ScoreSettings):
     partitions: int = 0  # tasks per commit; 0 = Spark's default parallelism
     rows_per_commit: int = 100_000
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, 1, "arrow_batch_size", "rows_per_commit")
+        at_least(self, 0, "partitions")
+
     def settings(self) -> ScoreSettings:
         """Only the executor part: what gets pickled into the UDF and keys its cache."""
         names = [f.name for f in dataclasses.fields(ScoreSettings)]
@@ -125,8 +158,9 @@ class ScoreConfig(ScoreSettings):
 
 @dataclass
 class ClusterConfig:
-    # Folder with pca.npz, centroids.npy and manifest.json (written by cluster-train).
-    artifacts: str = "data/clusters"
+    # Folder with pca.npz, centroids.npy and manifest.json (written by cluster-train);
+    # relative = under storage.files, like every file location below.
+    artifacts: str = "clusters"
     # Or the paper's published files: pca.joblib (a pickle: needs trust_pickle) or a .npz
     # converted once, and centroids.npy (4000 x 256 float32). Both set = use them.
     published_pca: str = ""
@@ -143,6 +177,11 @@ class ClusterConfig:
     use_gpu: bool = True  # faiss on GPU when one is present
     faiss_threads: int = 1  # per Python worker; Spark already runs one task per core
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "pca_dim", "k", "niter", "nredo", "min_points_per_centroid",
+                 "max_points_per_centroid", "sample_size")
+        at_least(self, 0, "faiss_threads")
+
 
 @dataclass
 class RecipeConfig:
@@ -156,12 +195,22 @@ class RecipeConfig:
     dedup_by_url: bool = True
     dedup_by_image_hash: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "max_text_boxes")
+        within(self, -1.0, 1.0, "min_clip_score")  # a cosine
+        within(self, 0.0, 10.0, "min_aesthetic")  # the predictor's 1-10 scale
+        within(self, 0.0, 1.0, "dedup_threshold")
+        at_least(self, 1, "dedup_block_size")
+
 
 @dataclass
 class PublishConfig:
     # The subset is partitioned by `part` = kmeans // clusters_per_partition; each
     # partition is one Delta commit.
     clusters_per_partition: int = 100
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "clusters_per_partition")
 
 
 @dataclass(frozen=True)
@@ -173,7 +222,7 @@ class AnalyzeConfig:
     top_k: int = 400_000  # entries kept per n-gram vocabulary (the paper's size)
     # CSV copies of the vocabularies (word,count), readable by `deparrot sync-score` and
     # the paper's own scripts; empty = no export.
-    export_dir: str = "data/vocab"
+    export_dir: str = "vocab"
 
 
 @dataclass(frozen=True)
@@ -203,7 +252,7 @@ class SyncScoreConfig(SyncSettings):
 class ReportConfig:
     """`deparrot report`: a static HTML page with PNG plots, opened from the file system."""
 
-    out: str = "data/report"
+    out: str = "report"
     score_bins: int = 40  # histogram bins for CLIP and aesthetic scores
     cotr_bins: int = 20
     contact_sheet: int = 12  # thumbnails per group (removed for text, kept)
@@ -220,7 +269,7 @@ class ExportConfig:
     it too (to skip finished shards and write manifest.json).
     """
 
-    out: str = "data/shards"
+    out: str = "shards"
     # subset: the debiased subset; images: every downloaded image with its metadata
     # caption (the un-debiased baseline to compare a training run against).
     source: str = "subset"
@@ -279,7 +328,9 @@ class TrainConfig:
     local_loss: bool = True
     gather_with_grad: bool = True
     workers: int = 2  # dataloader workers per process (<= shards / processes)
-    logs: str = "data/train/logs"  # a local or mounted folder (/dbfs/...) all processes see
+    # Under storage.files when relative; a local or mounted folder every training process
+    # sees (/Volumes/..., /dbfs/...): open_clip_train writes it with plain file calls.
+    logs: str = "train"
     name: str = "deparrot"  # fixed run name: logs/<name>/checkpoints; re-runs resume it
     resume: bool = True  # --resume latest
     save_frequency: int = 1  # epochs between checkpoints
@@ -338,6 +389,18 @@ class Config:
     sync_score: SyncScoreConfig = field(default_factory=SyncScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def shared(self, path: str) -> str:
+        """A configured file location on shared storage: absolute paths and URIs as they
+        are, relative ones under `storage.files` (see StorageConfig)."""
+        if not path or is_absolute(path):
+            return path
+        return resolve(self.storage.files_root(), path)
+
+
+def _absolute(path: str) -> str:
+    """Local roots become absolute once (the anchor a person typed); URIs stay as given."""
+    return path if is_absolute(path) else os.path.abspath(path)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -423,6 +486,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # the settings' own checks (__post_init__)
+        message = str(exc)
+        if message.split(" ", 1)[0] in names:  # "batch_size must be ..." -> the full key
+            raise ConfigError(f"{prefix}{message}") from exc
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 

@@ -97,6 +97,8 @@ def inputs_signature(lake: Lake, recipe: RecipeConfig) -> str:
 def run(spark: SparkSession, cfg: Config, force: bool = False) -> DedupReport:
     """Rewrite the dedup table, unless it already reflects these inputs and settings."""
     lake = Lake(spark, cfg)
+    for upstream in ("metadata", "images", "scores", "clusters"):
+        lake.require(upstream)
     lake.ensure("dedup", DEDUP_SCHEMA)
     sig = inputs_signature(lake, cfg.recipe)
     report = DedupReport()

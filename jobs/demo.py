@@ -3,7 +3,8 @@
 Generates the sample, serves its images from a local HTTP server, runs the whole
 pipeline (`deparrot run`) with local Spark and Delta tables in a local folder, then
 prints where the result is and SQL queries over it. It starts from a clean folder each
-time (only its own `storage.root`, `sample.out` and `cluster.artifacts`).
+time (only its own `storage.root` with its shared files, `sample.out` and
+`cluster.artifacts`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def run_demo(cfg: Config) -> None:
     from jobs import pipeline
     from jobs.lake import Lake
 
-    for folder in (cfg.storage.root, cfg.sample.out, cfg.cluster.artifacts):
+    for folder in (cfg.storage.root, cfg.storage.files_root(), cfg.sample.out,
+                   cfg.shared(cfg.cluster.artifacts)):
         if folder and Path(folder).exists():
             shutil.rmtree(folder)
     out = Path(cfg.sample.out)

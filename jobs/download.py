@@ -219,6 +219,7 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
         raise UserError(f"download.source must be one of {SOURCES}, got {dl.source!r}")
     image_settings(dl)  # validate resize settings on the driver, before any task runs
     lake = Lake(spark, cfg)
+    lake.require("metadata")
     lake.ensure("images", TABLE_SCHEMA)
     report = DownloadReport()
     lap = Laps(report.seconds).lap

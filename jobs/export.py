@@ -79,8 +79,7 @@ def root_of(cfg: ExportConfig) -> str:
 def source_rows(lake: Lake, cfg: ExportConfig) -> tuple[DataFrame, dict[str, Any]]:
     """(rows with the writer's columns minus split/shard/rank, version info)."""
     for key in ("images",) + (("subset",) if cfg.source == "subset" else ("metadata",)):
-        if not lake.exists(key):
-            raise UserError(f"table {lake.ref(key).name} is missing: run the pipeline first")
+        lake.require(key)
     # Every read is pinned to one table version: the export runs several Spark jobs
     # (counts, ranks, writes) that must all see the same rows.
     versions: dict[str, Any] = {"images_version": lake.version("images")}
@@ -283,7 +282,7 @@ def read_manifest(root: str) -> dict[str, Any]:
 
 def run(spark: SparkSession, cfg: Config) -> ExportReport:
     """Write the shards that are missing, then the manifest."""
-    ec = cfg.export
+    ec = dataclasses.replace(cfg.export, out=cfg.shared(cfg.export.out))
     rows, keys, counts, missing, settings, versions = plan(Lake(spark, cfg), ec)
     fs = _fs(settings.root)
     shards = {split: shard_count(counts.get(split, 0), ec.shard_size) for split in SPLITS}

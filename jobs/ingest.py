@@ -8,6 +8,7 @@ nothing and a crash between the two table commits is finished by the next run.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -17,9 +18,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import Config, IngestConfig
-from jobs.errors import UserError
+from jobs.errors import UserError, first_line
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs.storage import is_remote, local_path
 
 STAGE = "ingest"
 FAMILIES = ("laion400m", "laion2b", "datacomp")
@@ -49,6 +51,12 @@ METADATA_SCHEMA = T.StructType(
 )
 NUMERIC = ("width", "height", "similarity", "aesthetic", "clip_l14_similarity", "punsafe",
            "pwatermark")
+# String columns checked for valid UTF-8: parquet BYTE_ARRAY columns (binary, or strings
+# written by a careless tool) can hold any bytes, and a Delta string column with broken
+# UTF-8 fails every Arrow-based reader outside Spark. Such rows are rejected
+# (`invalid_utf8:<col>`), not repaired: a caption with lost characters is not the
+# caption, and the reject keeps the row (its record made valid with U+FFFD).
+TEXT_COLUMNS = ("source_uid", "url", "text", "license", "nsfw", "language", "sha256")
 
 # normalised column -> source column name per family (matched case-insensitively).
 COLUMN_MAP: dict[str, dict[str, str]] = {
@@ -124,15 +132,63 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
     `_SUCCESS`, checksums) beside the metadata are ignored.
     """
     try:
-        df = (spark.read.option("recursiveFileLookup", "true")
-              .option("pathGlobFilter", "*.parquet").parquet(path))
+        if is_remote(path):  # object stores have no symlinks: Spark lists them
+            df = (spark.read.option("recursiveFileLookup", "true")
+                  .option("pathGlobFilter", "*.parquet").parquet(path))
+        else:
+            df = spark.read.parquet(*parquet_files(path))
+    except UserError:
+        raise
     except Exception as exc:
         raise input_error(exc, path) from None
+    check_columns(df.columns, path)
     return df.select(
         "*",
         F.col("_metadata.file_path").alias("_source_file"),
         F.col("_metadata.row_index").alias("_source_row"),
     )
+
+
+def parquet_files(path: str) -> list[str]:
+    """Every `*.parquet` file under a local path, each real file once, in a stable order.
+
+    Symlinks are followed (a linked folder of shards is common) but each real file and
+    folder is visited once, so a symlink loop or two links to one folder cannot read a
+    file twice (which would turn every row into a duplicate_id reject).
+    """
+    root = local_path(path)
+    if not os.path.exists(root):
+        raise UserError(f"input path not found: {path}")
+    if os.path.isfile(root):
+        return [os.path.realpath(root)]
+    files: dict[str, None] = {}
+    seen_dirs: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []  # a loop, or a second link to a folder already read
+            continue
+        seen_dirs.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(folder, name)
+            if name.endswith(".parquet") and os.path.isfile(full):
+                files.setdefault(os.path.realpath(full), None)
+    if not files:
+        raise UserError(f"no parquet files in {path}")
+    return list(files)
+
+
+def check_columns(columns: list[str], path: str) -> None:
+    """Columns that differ only in case (`url` and `URL`) cannot both be read as one."""
+    by_lower: dict[str, list[str]] = {}
+    for name in columns:
+        by_lower.setdefault(name.lower(), []).append(name)
+    clashes = [names for names in by_lower.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(", ".join(names) for names in clashes)
+        raise UserError(f"input {path} has columns that differ only in case ({shown}): "
+                        "deparrot matches columns case-insensitively; drop or rename one")
 
 
 _BAD_FILE = re.compile(r"((?:[a-z][a-z0-9+.-]*:)?/[^\s'\"]*?\.parquet)", re.IGNORECASE)
@@ -143,6 +199,9 @@ def input_error(exc: Exception, path: str) -> Exception:
     text = str(exc)
     if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
         return UserError(f"input path not found: {path}")
+    if "COLUMN_ALREADY_EXISTS" in text or "AMBIGUOUS_REFERENCE" in text:
+        return UserError(f"input {path} has columns that differ only in case: "
+                         f"{first_line(exc)[:200]}; drop or rename one")
     if "UNABLE_TO_INFER_SCHEMA" in text:
         return UserError(f"no parquet files in {path}")
     bad = _BAD_FILE.search(text)
@@ -176,7 +235,10 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
         if col is None:
             out.append(F.lit(None).cast(fld.dataType).alias(name))
         elif name in NUMERIC:
-            out.append(col.cast("double").alias(name))
+            # try_cast: "12px" in WIDTH is this row's bad_number reject, not an ANSI cast
+            # error that stops the job.
+            out.append(col.try_cast("double").alias(name))
+            out.append(col.cast("string").alias(f"_raw_{name}"))
         else:
             out.append(col.cast("string").alias(name))
     df = raw.select(
@@ -192,7 +254,7 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
 def _sample_id(family: str) -> Column:
     """LAION-400M keeps its SAMPLE_ID; the others get a stable 64-bit hash of their key."""
     if family == "laion400m":
-        return F.col("source_uid").cast("long")
+        return F.col("source_uid").try_cast("long")
     if family == "datacomp":
         return F.when(F.col("source_uid").isNotNull(), F.xxhash64("source_uid"))
     return F.when(
@@ -213,6 +275,10 @@ def validate(df: DataFrame, cfg: IngestConfig) -> DataFrame:
     ]
     if cfg.require_text:
         rules.append((F.col("text").isNull() | (F.trim(F.col("text")) == ""), "missing_text"))
+    for name in NUMERIC:  # given, but not a number ("12px"): before missing_number
+        if f"_raw_{name}" in df.columns:
+            rules.append((F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull(),
+                          f"bad_number:{name}"))
     for name in cfg.required_numbers:
         if name not in NUMERIC:
             raise UserError(f"ingest.required_numbers: {name!r} is not one of {NUMERIC}")
@@ -223,6 +289,9 @@ def validate(df: DataFrame, cfg: IngestConfig) -> DataFrame:
         rules.append((F.col(name) < 0, "negative_size"))
         too_big = (F.col(name) == 0) | (F.col(name) > cfg.max_side)
         rules.append((F.col(name).isNotNull() & too_big, "absurd_size"))
+    for name in TEXT_COLUMNS:
+        rules.append((~F.is_valid_utf8(F.col(name)), f"invalid_utf8:{name}"))
+    rules.append((F.col("source_uid").isNotNull() & F.col("sample_id").isNull(), "bad_id"))
     rules.append((F.col("sample_id").isNull(), "missing_id"))
     reason: Column = F.lit(None).cast("string")
     for cond, name in reversed(rules):
@@ -306,7 +375,7 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
             "sample_id",
             "source_file",
             "source_row",
-            F.col("_record").alias("record"),
+            F.make_valid_utf8(F.col("_record")).alias("record"),
         )
         lake.add_rejects(rejects)
         report = IngestReport()

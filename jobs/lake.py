@@ -22,9 +22,22 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import Config
-from jobs.errors import ConcurrentRunError, first_line, is_concurrent_write
+from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
 
 R = TypeVar("R")
+
+# The command that writes each table, named when a stage finds its input missing.
+PRODUCERS = {
+    "metadata": "ingest", "rejects": "ingest", "images": "download", "scores": "score",
+    "clusters": "cluster-assign", "dedup": "dedup", "subset": "publish",
+    "parrot": "analyze", "parrot_summary": "analyze", "clip_by_text": "analyze",
+    "cluster_ocr": "analyze", "funnel": "analyze", "ngrams": "analyze",
+    "sync_scores": "sync-score", "sync_word_scores": "sync-score", "training_runs": "train",
+}
+
+
+class MissingTableError(UserError):
+    """An upstream table that is not there (or holds no rows): one line, exit 2."""
 
 REJECTS_SCHEMA = T.StructType(
     [
@@ -123,14 +136,38 @@ class Lake:
             return DeltaTable.isDeltaTable(self.spark, ref.path)
         return self.spark.catalog.tableExists(ref.name)
 
+    def location(self) -> str:
+        return f"under {self._root}" if self._root else f"in {self._prefix or 'the catalog'}"
+
+    def missing(self, key: str, empty: bool = False) -> MissingTableError:
+        table = self.ref(key).name.rsplit(".", 1)[-1]
+        state = "is empty" if empty else "does not exist"
+        return MissingTableError(f"table {table} {state} {self.location()}: run "
+                                 f"`deparrot {PRODUCERS.get(key, 'run')}` first")
+
+    def require(self, key: str, nonempty: bool = False) -> TableRef:
+        """The table an upstream stage writes, or one line naming the command to run."""
+        ref = self.register(key)
+        if nonempty and not self.read(key).limit(1).count():
+            raise self.missing(key, empty=True)
+        return ref
+
     def register(self, key: str) -> TableRef:
-        """Make `SELECT ... FROM <name>` work for a path table in this session."""
+        """Make `SELECT ... FROM <name>` work for a path table in this session.
+
+        A table that does not exist is a MissingTableError (one line naming the stage that
+        writes it), not the JVM's AnalysisException.
+        """
         ref = self.ref(key)
-        if ref.path is not None and ref.name not in self._registered:
+        if ref.name in self._registered:
+            return ref
+        if not self.exists(key):
+            raise self.missing(key)
+        if ref.path is not None:
             self.spark.sql(
                 f"CREATE TABLE IF NOT EXISTS {ref.name} USING DELTA LOCATION '{ref.path}'"
             )
-            self._registered.add(ref.name)
+        self._registered.add(ref.name)
         return ref
 
     def ensure(
@@ -208,12 +245,16 @@ class Lake:
         else:
             with_commit_retries(lambda: writer.saveAsTable(ref.name))
 
-    def signature(self, tables: tuple[str, ...], **settings: Any) -> str:
+    def versions(self, tables: tuple[str, ...]) -> dict[str, int]:
+        return {k: self.version(k) for k in tables}
+
+    def signature(self, tables: tuple[str, ...], versions: dict[str, int] | None = None,
+                  **settings: Any) -> str:
         """A digest of the tables' versions and the settings: what an output depends on.
 
         A stage stores it with its output and skips (or resumes) when it is unchanged.
         """
-        payload = {"versions": {k: self.version(k) for k in tables},
+        payload = {"versions": versions or self.versions(tables),
                    **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                       for k, v in settings.items()}}
         return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import Config
-from jobs.errors import UserError
 from jobs.lake import Lake, reject_rows, tally
 from jobs.recipe import decided, filter_reason, joined
 from jobs.stages import Stage
@@ -48,11 +48,14 @@ class PublishReport:
     table: str = ""
 
 
-def classify(lake: Lake, cfg: Config) -> DataFrame:
+INPUTS = ("metadata", "images", "scores", "clusters", "dedup")
+
+
+def classify(lake: Lake, cfg: Config, versions: dict[str, int] | None = None) -> DataFrame:
     """Decided rows with `reason` (null = kept) and the subset columns."""
-    dedup = lake.read("dedup").select(
+    dedup = lake.read("dedup", version=(versions or {}).get("dedup")).select(
         "sample_id", F.col("kept").alias("dedup_kept"), F.col("reason").alias("dedup_reason"))
-    rows = joined(lake).where(decided()).join(dedup, "sample_id", "left")
+    rows = joined(lake, versions).where(decided()).join(dedup, "sample_id", "left")
     reason = F.coalesce(
         filter_reason(cfg.recipe),
         F.when(F.col("dedup_kept").isNull(), F.lit("not_deduplicated")),
@@ -74,10 +77,9 @@ def subset_columns(df: DataFrame, clusters_per_partition: int) -> DataFrame:
     )
 
 
-def signature(lake: Lake, cfg: Config) -> str:
+def signature(lake: Lake, cfg: Config, versions: dict[str, int] | None = None) -> str:
     """What the subset is a function of: input table versions and the recipe settings."""
-    return lake.signature(("metadata", "images", "scores", "clusters", "dedup"),
-                          recipe=cfg.recipe, publish=cfg.publish)
+    return lake.signature(INPUTS, versions, recipe=cfg.recipe, publish=cfg.publish)
 
 
 def finished_parts(lake: Lake, sig: str) -> set[int]:
@@ -100,11 +102,20 @@ def write_partition(lake: Lake, rows: DataFrame, part: int, sig: str) -> None:
 
 def run(spark: SparkSession, cfg: Config) -> PublishReport:
     lake = Lake(spark, cfg)
+    lake.require("dedup")
     ref = lake.ensure("subset", SUBSET_SCHEMA, partition_by=("part",))
-    if not lake.exists("dedup"):
-        raise UserError(f"table {lake.ref('dedup').name} is missing: run `deparrot dedup`")
-    sig = signature(lake, cfg)
-    rows = classify(lake, cfg)
+    # One computation of the recipe join, at pinned versions, shared by the rejects and
+    # every partition's commit (a concurrent upstream commit cannot split them).
+    versions = lake.versions(INPUTS)
+    sig = signature(lake, cfg, versions)
+    rows = classify(lake, cfg, versions).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _publish(lake, cfg, rows, sig, ref.name)
+    finally:
+        rows.unpersist()
+
+
+def _publish(lake: Lake, cfg: Config, rows: DataFrame, sig: str, table: str) -> PublishReport:
     lake.replace_rejects(STAGE, reject_rows(
         rows.where(F.col("reason").isNotNull()), STAGE, "reason",
         record=("url", "text", "ocr_box_count", "clip_score", "aesthetic_score", "kmeans")))
@@ -116,7 +127,7 @@ def run(spark: SparkSession, cfg: Config) -> PublishReport:
     if stale:
         lake.delta("subset").delete(F.col("part").isin(stale))
     done = finished_parts(lake, sig)
-    report = PublishReport(partitions=len(parts), table=ref.name)
+    report = PublishReport(partitions=len(parts), table=table)
     for part in parts:
         if part in done:
             continue

@@ -13,17 +13,23 @@ from jobs.config import RecipeConfig
 from jobs.lake import Lake
 
 
-def joined(lake: Lake) -> DataFrame:
-    """Every metadata row with its image, score and cluster columns (null where missing)."""
-    meta = lake.read("metadata")
-    images = lake.read("images").select(
+def joined(lake: Lake, versions: dict[str, int] | None = None) -> DataFrame:
+    """Every metadata row with its image, score and cluster columns (null where missing),
+    read at `versions` when given (one consistent snapshot for several Spark jobs)."""
+    pinned = versions or {}
+
+    def read(key: str) -> DataFrame:
+        return lake.read(key, version=pinned.get(key))
+
+    meta = read("metadata")
+    images = read("images").select(
         "sample_id", F.col("status").alias("image_status"),
         F.col("sha256").alias("image_sha256"), "original_width",
         "original_height")
-    scores = lake.read("scores").select(
+    scores = read("scores").select(
         "sample_id", F.col("status").alias("score_status"), "ocr_box_count", "has_text",
         "clip_score", "aesthetic_score", "image_embedding")
-    clusters = lake.read("clusters").select("sample_id", "kmeans")
+    clusters = read("clusters").select("sample_id", "kmeans")
     return (meta.join(images, "sample_id", "left").join(scores, "sample_id", "left")
             .join(clusters, "sample_id", "left"))
 

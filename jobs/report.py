@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import Config
-from jobs.errors import UserError
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs.storage import is_remote, join
 
 
 @dataclass
@@ -136,8 +135,7 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
     from jobs.report_html import ReportData, report_figures, write_report
 
     lake = Lake(spark, cfg)
-    if not lake.exists("metadata"):
-        raise UserError(f"table {lake.ref('metadata').name} is missing: nothing to report on")
+    lake.require("metadata")
     shown, warnings = inputs(lake, cfg)
     data = ReportData(
         inputs=shown, warnings=warnings,
@@ -150,10 +148,12 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
     if lake.exists("clusters"):
         data.cluster_sizes = lake.read("clusters").groupBy("kmeans").agg(
             F.count("*").alias("rows")).toPandas()
-    page = write_report(data, cfg.report.out)
+    out = cfg.shared(cfg.report.out)
+    page = write_report(data, out)
     figures = report_figures(page.read_text(encoding="utf-8"))
-    print(f"report: {Path(page).resolve()}")
-    return ReportReport(path=str(Path(page).resolve()), figures=len(figures))
+    where = str(page) if not is_remote(out) else join(out, "index.html")
+    print(f"report: {where}")
+    return ReportReport(path=where, figures=len(figures))
 
 
 def sync_sections(lake: Lake) -> dict[str, pd.DataFrame]:

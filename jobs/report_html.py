@@ -17,12 +17,15 @@ never sees a page that links to figures not yet written.
 
 from __future__ import annotations
 
+import atexit
 import html
 import io
 import math
 import numbers
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from udfs import storage
 
 OCR_TYPE_COLOURS = {"no_text": "#4c9f70", "text_no_overlap": "#f2b134", "co_emb": "#d1495b"}
 # score_hist metric -> the thresholds key drawn as its cut-off line
@@ -487,9 +492,18 @@ def render_html(data: ReportData, out_dir: Path) -> str:
 def write_report(data: ReportData, out_dir: str | Path) -> Path:
     """Write index.html, its PNG figures and thumbs/ into out_dir; return index.html's path.
 
-    index.html is written last (temp file + rename), after everything it links to.
+    index.html is written last (temp file + rename), after everything it links to. A URL
+    (udfs/storage.py) gets the page rendered in a local temp folder, then uploaded file by
+    file with index.html last; the local copy of the page is what is returned.
     """
-    out = Path(out_dir)
+    target = str(out_dir)
+    if storage.is_remote(target):
+        staging = Path(tempfile.mkdtemp(prefix="deparrot-report-"))
+        atexit.register(shutil.rmtree, staging, True)
+        index = write_report(data, staging)
+        storage.put_folder(str(staging), target, last=("index.html",))
+        return index
+    out = Path(storage.local_path(target))
     out.mkdir(parents=True, exist_ok=True)
     page = render_html(data, out)
     index = out / "index.html"

@@ -8,6 +8,7 @@ through them. Decode or model failures become `error` rows, mirrored into `rejec
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -78,6 +79,27 @@ def score_settings(cfg: ScoreConfig):
     return cfg.settings()
 
 
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def model_file(cfg: Config, value: str) -> str:
+    """A checkpoint/weights path resolved against storage.files; tags stay as given."""
+    looks_like_file = "/" in value or value.lower().endswith(_WEIGHT_SUFFIXES)
+    schemed = ":" in value.split("/", 1)[0]  # hf-hub:org/name, s3://..., dbfs:/...
+    if value.strip().lower() in ("", "random", "none") or not looks_like_file or schemed:
+        return value
+    return cfg.shared(value)
+
+
+def model_files_on_shared_storage(cfg: Config) -> ScoreConfig:
+    """The score section with relative weight paths under storage.files (never the cwd)."""
+    sc = cfg.score
+    return dataclasses.replace(
+        sc, clip_pretrained=model_file(cfg, sc.clip_pretrained),
+        aesthetic_clip_pretrained=model_file(cfg, sc.aesthetic_clip_pretrained),
+        aesthetic_weights=model_file(cfg, sc.aesthetic_weights))
+
+
 def random_parts(cfg: ScoreConfig) -> list[str]:
     """Config keys that would give randomly initialised weights.
 
@@ -116,12 +138,14 @@ def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFr
 
 
 def run(spark: SparkSession, cfg: Config) -> ScoreReport:
-    sc = cfg.score
+    sc = model_files_on_shared_storage(cfg)
     score_settings(sc)  # validate on the driver
+    lake = Lake(spark, cfg)
+    for upstream in ("metadata", "images"):
+        lake.require(upstream)
     report = ScoreReport(random_init=uses_random_weights(sc))
     if report.random_init:
         print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
-    lake = Lake(spark, cfg)
     lake.ensure("scores", TABLE_SCHEMA)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
     lap = Laps(report.seconds).lap

@@ -56,6 +56,11 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
     builder = builder.config("spark.ui.showConsoleProgress", str(watched).lower())
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
+    quiet = "" if verbose() else quiet_log4j2()
+    if quiet:
+        options = cfg.conf.get("spark.driver.extraJavaOptions", "")
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 f"{options} -Dlog4j2.configurationFile={quiet}".strip())
     try:
         from delta import configure_spark_with_delta_pip
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -84,6 +89,46 @@ def get_spark(cfg: SparkConfig):  # -> tuple[SparkSession, bool]
     if not cached:
         remember_jars(cfg.extra_packages, spark.conf.get("spark.jars", ""))
     return spark, True
+
+
+VERBOSE_ENV = "DEPARROT_VERBOSE"
+
+# Spark's start-up chatter (the loopback-hostname and native-hadoop WARN lines, the
+# "default log4j profile" banner) opens every command and tells a person nothing they can
+# act on; warnings from the rest of Spark stay. `deparrot --verbose` brings it all back.
+_QUIET_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.utils.name = org.apache.spark.util.Utils
+logger.utils.level = error
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_log4j2() -> str:
+    """A log4j2 file without the start-up chatter, written once into the user's cache."""
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deparrot"
+    path = home / f"log4j2-quiet-{hashlib.sha1(_QUIET_LOG4J2.encode()).hexdigest()[:8]}"
+    path = path.with_suffix(".properties")
+    if not path.is_file():
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(_QUIET_LOG4J2)
+            tmp.replace(path)
+        except OSError:  # a read-only home: Spark's own defaults, chatter included
+            return ""
+    return str(path)
 
 
 def _jars_record(extra_packages: list[str]) -> Path:
@@ -133,7 +178,7 @@ def spark_session(cfg: SparkConfig) -> Iterator:
     """Yield a session; stop it afterwards only if this block created it."""
     spark, created = get_spark(cfg)
     if created and cfg.log_level:
-        spark.sparkContext.setLogLevel(cfg.log_level)
+        spark.sparkContext.setLogLevel("WARN" if verbose() else cfg.log_level)
     try:
         yield spark
     finally:

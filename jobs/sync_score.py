@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -31,6 +31,7 @@ from jobs.config import Config, SyncScoreConfig
 from jobs.errors import UserError
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs import storage
 
 RANDOM = ("", "random", "none")
 
@@ -47,14 +48,15 @@ def vocabulary(spark: SparkSession, lake: Lake, sc: SyncScoreConfig) -> tuple[Da
     """(word, word_rank) rows and a name for the vocabulary they came from."""
     if not sc.vocabulary:
         if not lake.exists("ngrams"):
-            raise UserError("no vocabulary: set sync_score.vocabulary to a CSV or text file, "
-                            "or run `deparrot analyze` to write the ngrams table")
+            raise UserError(f"no vocabulary: table ngrams does not exist {lake.location()}: "
+                            "run `deparrot analyze` first, or set sync_score.vocabulary to a "
+                            "CSV or text file")
         words = lake.read("ngrams").where(F.col("vocab") == sc.vocab).select(
             "word", F.col("rank").cast("long").alias("word_rank"))
         name = f"{lake.ref('ngrams').name}:{sc.vocab}"
     else:
         words = spark.createDataFrame(read_word_file(sc.vocabulary), "word string, word_rank long")
-        name = str(Path(sc.vocabulary).resolve())
+        name = sc.vocabulary
     if sc.sample_n:
         words = words.orderBy(F.xxhash64("word", F.lit(sc.seed))).limit(sc.sample_n)
     elif sc.top_n:
@@ -64,11 +66,10 @@ def vocabulary(spark: SparkSession, lake: Lake, sc: SyncScoreConfig) -> tuple[Da
 
 def read_word_file(path: str) -> list[tuple[str, int]]:
     """A CSV (word in the first column, optional `word` header) or one word per line."""
-    p = Path(path)
-    if not p.is_file():
+    if not storage.isfile(path):
         raise UserError(f"vocabulary file not found: {path}")
-    with p.open(newline="", encoding="utf-8") as fh:
-        if p.suffix.lower() == ".csv":
+    with io.StringIO(storage.read_text(path), newline="") as fh:
+        if path.lower().endswith(".csv"):
             rows = [r[0] for r in csv.reader(fh) if r]
             if rows and rows[0].strip().lower() == "word":
                 rows = rows[1:]
@@ -143,7 +144,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
 
 
 def run(spark: SparkSession, cfg: Config) -> SyncReport:
-    sc = cfg.sync_score
+    sc = dataclasses.replace(cfg.sync_score, vocabulary=cfg.shared(cfg.sync_score.vocabulary))
     check_models(sc)
     lake = Lake(spark, cfg)
     words, name = vocabulary(spark, lake, sc)

@@ -48,6 +48,8 @@ from jobs.errors import UserError
 from jobs.export import read_manifest
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs import storage
+from udfs.storage import is_remote, local_path
 
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[.*?\bLoss: ([-+0-9.eE]+|nan|inf) \(")
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.pt$")
@@ -104,6 +106,7 @@ class TrainData:
     val_samples: int
     export_signature: str = ""
     subset_version: int | None = None
+    workers: int = 0  # dataloader workers per process that the shards can feed
 
 
 def shard_count(pattern: str) -> int:
@@ -117,9 +120,10 @@ def training_data(cfg: Config) -> TrainData:
     tc = cfg.train
     manifest: dict[str, Any] = {}
     if not tc.train_data or not tc.train_num_samples:
-        manifest = read_manifest(cfg.export.out)
+        manifest = read_manifest(cfg.shared(cfg.export.out))
         if manifest.get("format") != "webdataset" and tc.dataset_type == "webdataset":
-            raise UserError(f"the export at {cfg.export.out} is {manifest.get('format')}; "
+            raise UserError(f"the export at {cfg.shared(cfg.export.out)} is "
+                            f"{manifest.get('format')}; "
                             "open_clip_train reads webdataset shards: export.format=webdataset")
     splits = manifest.get("splits", {})
     train = tc.train_data or splits.get("train", {}).get("pattern", "")
@@ -127,14 +131,25 @@ def training_data(cfg: Config) -> TrainData:
         raise UserError("no training shards: the export has no train split")
     val = tc.val_data or ("" if tc.train_data else splits.get("val", {}).get("pattern", ""))
     samples = tc.train_num_samples or int(splits.get("train", {}).get("samples", 0))
-    data = TrainData(train, val, samples, int(splits.get("val", {}).get("samples", 0)),
-                     manifest.get("signature", ""), manifest.get("subset_version"))
-    readers = max(1, tc.workers) * tc.num_processes
-    if tc.dataset_type == "webdataset" and shard_count(train) < readers:
-        raise UserError(f"{shard_count(train)} training shard(s) for {readers} readers "
-                        "(train.workers x train.num_processes): export smaller shards "
-                        "(export.shard_size) or use fewer workers")
-    return data
+    return TrainData(train, val, samples, int(splits.get("val", {}).get("samples", 0)),
+                     manifest.get("signature", ""), manifest.get("subset_version"),
+                     workers=dataloader_workers(tc, train))
+
+
+def dataloader_workers(tc: TrainConfig, train: str) -> int:
+    """At most train.workers per process, and no more than the shards can feed.
+
+    Every webdataset reader (a worker, or the process itself with 0 workers) needs a
+    shard of its own; only fewer shards than processes cannot work.
+    """
+    if tc.dataset_type != "webdataset":
+        return tc.workers
+    shards = shard_count(train)
+    if shards < tc.num_processes:
+        raise UserError(f"{shards} training shard(s) for {tc.num_processes} training "
+                        "processes: each process reads whole shards; export smaller "
+                        "shards (export.shard_size) or train with fewer processes")
+    return min(tc.workers, shards // tc.num_processes)
 
 
 def precision(tc: TrainConfig) -> str:
@@ -150,7 +165,7 @@ def open_clip_argv(tc: TrainConfig, data: TrainData) -> list[str]:
             "--batch-size", str(tc.batch_size), "--lr", str(tc.lr), "--epochs", str(tc.epochs),
             "--warmup", str(tc.warmup), "--lr-scheduler", tc.lr_scheduler, "--wd", str(tc.wd),
             "--beta1", str(tc.beta1), "--beta2", str(tc.beta2), "--eps", str(tc.eps),
-            "--precision", precision(tc), "--workers", str(tc.workers),
+            "--precision", precision(tc), "--workers", str(data.workers),
             "--logs", logs_root(tc), "--name", tc.name, "--seed", str(tc.seed),
             "--save-frequency", str(tc.save_frequency),
             "--log-every-n-steps", str(tc.log_every_n_steps),
@@ -172,6 +187,22 @@ def open_clip_argv(tc: TrainConfig, data: TrainData) -> list[str]:
 
 def logs_root(tc: TrainConfig) -> str:
     return tc.logs if "://" in tc.logs else os.path.abspath(tc.logs)
+
+
+def on_shared_storage(cfg: Config) -> Config:
+    """train.logs and train.sync_words resolved against storage.files (never the cwd).
+
+    open_clip_train writes its logs and checkpoints with plain file calls from every
+    process, so the logs folder must be local or mounted (/Volumes/..., /dbfs/...).
+    """
+    tc = cfg.train
+    logs = local_path(cfg.shared(tc.logs))
+    if is_remote(logs):
+        raise UserError(f"train.logs={tc.logs} is a URL: open_clip_train writes checkpoints "
+                        "with file calls, so use a mounted path every training process "
+                        "sees (a Unity Catalog Volume /Volumes/..., /dbfs/..., NFS)")
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        tc, logs=logs, sync_words=cfg.shared(tc.sync_words)))
 
 
 def run_folder(tc: TrainConfig) -> Path:
@@ -232,7 +263,8 @@ def read_words(path: str, top_k: int) -> list[str]:
     import pandas as pd
 
     try:
-        table = pd.read_csv(path, keep_default_na=False)
+        with storage.open_read(path) as fh:
+            table = pd.read_csv(fh, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read train.sync_words {path}: {exc}") from exc
     column = "word" if "word" in table.columns else table.columns[0]
@@ -294,6 +326,7 @@ def record_run(spark: SparkSession, cfg: Config, row: dict[str, Any]) -> None:
 
 def run(spark: SparkSession, cfg: Config) -> TrainReport:
     """Train (or resume) the configured run, then record it."""
+    cfg = on_shared_storage(cfg)
     tc = cfg.train  # launcher and numbers are checked when the config is built
     data = training_data(cfg)
     argv = open_clip_argv(tc, data)

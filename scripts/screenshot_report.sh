@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Look at the HTML report as a person would: a headless Chromium screenshot of the page.
-#   bash scripts/screenshot_report.sh [REPORT_DIR (default data/demo/report)] [OUT.png]
+#   bash scripts/screenshot_report.sh [REPORT_DIR (default data/demo/lake/_files/report)] [OUT.png]
 # Needs Chromium (Debian: apt-get install chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-report="${1:-data/demo/report}"
+report="${1:-data/demo/lake/_files/report}"
 out="${2:-$report/screenshot.png}"
 browser="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
 if [[ -z "$browser" ]]; then

@@ -6,12 +6,14 @@ The layer layout mirrors the published training code exactly so that
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import torch
 from torch import nn
 
+from udfs import storage
 from udfs.device import select_device
 from udfs.worker_cache import clear, worker_cached
 
@@ -41,12 +43,13 @@ class AestheticMLP(nn.Module):
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors only: safetensors, or torch.load with weights_only (no arbitrary pickle)."""
+    data = storage.read_bytes(path)  # a local/mounted path or a URL (udfs/storage.py)
     if path.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_safetensors
 
-        state = load_file(path, device="cpu")
+        state = load_safetensors(data)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -70,8 +73,10 @@ def load_aesthetic(
             "initialised MLP. Point to sac+logos+ava1-l14-linearMSE.pth (or a .safetensors "
             "copy), or pass random_init_ok=True (tests and demos only)."
         )
-    resolved = "random" if is_random else os.path.abspath(os.path.expanduser(str(path)))
-    if not is_random and not os.path.isfile(resolved):
+    resolved = "random" if is_random else str(path)
+    if not is_random and not storage.is_remote(resolved):
+        resolved = os.path.abspath(os.path.expanduser(storage.local_path(resolved)))
+    if not is_random and not storage.isfile(resolved):
         raise FileNotFoundError(f"aesthetic predictor weights not found: {resolved}")
     def build() -> AestheticMLP:
         with torch.random.fork_rng(devices=[]):

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from udfs import storage
 from udfs.worker_cache import worker_cached
 
 FORMAT_VERSION = 1
@@ -320,16 +320,27 @@ def _pca_from_arrays(arrays: dict[str, np.ndarray], what: str) -> dict[str, np.n
     }
 
 
-def save_artifacts(art: ClusterArtifacts, directory: str | os.PathLike[str]) -> Path:
-    """Write `pca.npz`, `centroids.npy` and `manifest.json` (no pickles) into `directory`."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / PCA_FILE, **_pca_arrays(art))
-    np.save(out / CENTROIDS_FILE, art.centroids, allow_pickle=False)
+def save_artifacts(art: ClusterArtifacts, directory: str | os.PathLike[str]) -> str:
+    """Write `pca.npz`, `centroids.npy` and `manifest.json` (no pickles) into `directory`
+    (a local/mounted folder or a URL, udfs/storage.py), the manifest last."""
+    out = str(directory)
+    storage.makedirs(out)
+    pca = io.BytesIO()
+    np.savez(pca, **_pca_arrays(art))
+    storage.write_bytes(storage.join(out, PCA_FILE), pca.getvalue())
+    centroids = io.BytesIO()
+    np.save(centroids, art.centroids, allow_pickle=False)
+    storage.write_bytes(storage.join(out, CENTROIDS_FILE), centroids.getvalue())
     manifest = {**art.manifest, "format_version": FORMAT_VERSION}
     manifest["centroids_sha1"] = art.fingerprint
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    storage.write_text(storage.join(out, MANIFEST_FILE),
+                       json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def artifacts_exist(directory: str) -> bool:
+    """A complete set: the manifest is written last."""
+    return storage.isfile(storage.join(str(directory), MANIFEST_FILE))
 
 
 def _check_manifest(manifest: dict[str, Any], where: str) -> None:
@@ -343,14 +354,20 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
 
 def load_artifacts(directory: str | os.PathLike[str]) -> ClusterArtifacts:
     """Load what `save_artifacts` wrote, refusing pickled content."""
-    src = Path(directory)
+    src = str(directory)
+    blobs = {}
     for name in (PCA_FILE, CENTROIDS_FILE, MANIFEST_FILE):
-        if not (src / name).is_file():
-            raise ArtifactError(f"cluster artifacts in {src} lack {name}")
-    manifest = json.loads((src / MANIFEST_FILE).read_text())
-    _check_manifest(manifest, str(src / MANIFEST_FILE))
-    pca = _pca_from_arrays(_read_npz(src / PCA_FILE, str(src / PCA_FILE)), str(src / PCA_FILE))
-    centroids = _load_centroids(src / CENTROIDS_FILE)
+        try:
+            blobs[name] = storage.read_bytes(storage.join(src, name))
+        except FileNotFoundError:
+            raise ArtifactError(f"cluster artifacts in {src} lack {name}") from None
+    where = storage.join(src, MANIFEST_FILE)
+    manifest = json.loads(blobs[MANIFEST_FILE].decode("utf-8"))
+    _check_manifest(manifest, where)
+    pca_where = storage.join(src, PCA_FILE)
+    pca = _pca_from_arrays(_read_npz(io.BytesIO(blobs[PCA_FILE]), pca_where), pca_where)
+    centroids = _load_centroids(io.BytesIO(blobs[CENTROIDS_FILE]),
+                                storage.join(src, CENTROIDS_FILE))
     art = ClusterArtifacts(centroids=centroids, manifest=manifest, **pca)
     expected = manifest.get("centroids_sha1")
     if expected and expected != art.fingerprint:
@@ -358,13 +375,13 @@ def load_artifacts(directory: str | os.PathLike[str]) -> ClusterArtifacts:
     return art
 
 
-def _load_centroids(path: str | os.PathLike[str]) -> np.ndarray:
+def _load_centroids(source: Any, where: str) -> np.ndarray:
     try:
-        c = np.load(path, allow_pickle=False)
+        c = np.load(source, allow_pickle=False)
     except ValueError as e:
-        raise ArtifactError(f"{path}: cannot load centroids without pickle ({e})") from e
+        raise ArtifactError(f"{where}: cannot load centroids without pickle ({e})") from e
     if not isinstance(c, np.ndarray) or c.ndim != 2:
-        raise ArtifactError(f"{path}: centroids must be a 2-D (k, pca_dim) array")
+        raise ArtifactError(f"{where}: centroids must be a 2-D (k, pca_dim) array")
     return c
 
 
@@ -390,12 +407,11 @@ def deserialize_artifacts(blob: bytes) -> ClusterArtifacts:
 # --------------------------------------------------------------------------- published
 
 
-def _sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _read_published(path: str, what: str) -> bytes:
+    try:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"published {what} not found: {path}") from None
 
 
 def load_published(
@@ -411,19 +427,21 @@ def load_published(
     unless `trust_pickle=True` (config `cluster.trust_pickle`). An `.npz` PCA holding
     `mean`, `components` and optionally `whiten_scale` needs no flag.
     """
-    pca_path = Path(pca_path)
-    centroids = _load_centroids(centroids_path)
+    pca_path, centroids_path = str(pca_path), str(centroids_path)
+    pca_bytes = _read_published(pca_path, "PCA")
+    centroids = _load_centroids(io.BytesIO(_read_published(centroids_path, "centroids")),
+                                centroids_path)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "source": "published",
         "embedding_model": embedding_model,
-        "pca_source": pca_path.name,
-        "pca_source_sha256": _sha256(pca_path),
-        "centroids_source": Path(centroids_path).name,
+        "pca_source": os.path.basename(pca_path),
+        "pca_source_sha256": hashlib.sha256(pca_bytes).hexdigest(),
+        "centroids_source": os.path.basename(centroids_path),
         "created_at": _utc_now(),
     }
-    if pca_path.suffix.lower() == ".npz":
-        pca = _pca_from_arrays(_read_npz(pca_path, str(pca_path)), str(pca_path))
+    if pca_path.lower().endswith(".npz"):
+        pca = _pca_from_arrays(_read_npz(io.BytesIO(pca_bytes), pca_path), pca_path)
         try:
             art = ClusterArtifacts(centroids=centroids, manifest=manifest, **pca)
         except ArtifactError as e:
@@ -438,7 +456,7 @@ def load_published(
             )
         import joblib
 
-        pca_obj = joblib.load(pca_path)
+        pca_obj = joblib.load(io.BytesIO(pca_bytes))
         manifest["pca_class"] = type(pca_obj).__name__
         try:
             art = artifacts_from_sklearn(pca_obj, centroids, manifest)

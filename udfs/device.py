@@ -8,8 +8,10 @@ were granted different GPUs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -94,4 +96,17 @@ def ort_providers(device: torch.device | str | None = None) -> list[Any]:
     dev = select_device() if device is None else torch.device(device)
     if dev.type == "cuda" and ort_cuda_available():
         return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+    if dev.type == "cuda":
+        _warn_cpu_onnxruntime()
     return ["CPUExecutionProvider"]
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_cpu_onnxruntime() -> None:
+    """Once per worker: a GPU is there but OCR will run on the CPU."""
+    warnings.warn(
+        "a GPU is available but onnxruntime has no CUDAExecutionProvider: OCR runs on the "
+        "CPU. The CPU wheel `onnxruntime` is installed (or shadows onnxruntime-gpu: both "
+        "own the same module); install only onnxruntime-gpu on GPU nodes "
+        "(pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)",
+        RuntimeWarning, stacklevel=3)

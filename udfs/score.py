@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.ocr import DEFAULT_SPOTTER, DEFAULT_TEXT_MIN_CONFIDENCE, check_spotter_path, reads_text
 from udfs.worker_cache import worker_cached
@@ -55,9 +56,11 @@ class ScoreSettings:
     # The text rule: an image has text when a box reads at least one letter or digit
     # with recognition confidence >= this (benchmarks/ocr_threshold_sweep.py).
     text_min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE
-    # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path.
+    # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path. OpenAI's, as
+    # the paper: LAION's `similarity` column, the 0.3 threshold read from it and the
+    # published PCA/centroids (LAION-400M features) all come from OpenAI ViT-B/32.
     clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
+    clip_pretrained: str = "openai"
     # The aesthetic predictor reads CLIP ViT-L/14 image embeddings.
     aesthetic_clip_model: str = "ViT-L-14"
     aesthetic_clip_pretrained: str = "openai"
@@ -86,6 +89,8 @@ class ScoreSettings:
                 f"text_min_confidence must be in [0, 1], got {self.text_min_confidence!r}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
+        at_least(self, 1, "batch_size", "max_pixels")
+        at_least(self, 0, "cpu_threads")
         check_spotter_path(self.spotter)
 
 

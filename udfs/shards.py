@@ -27,15 +27,15 @@ import json
 import math
 import os
 import tarfile
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from udfs import storage
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
+from udfs.storage import is_remote, join, publish_file, temp_path  # noqa: F401 (re-exported)
 
 FORMATS = ("webdataset", "parquet")
 IMAGE_MODES = ("passthrough", "reencode")
@@ -83,47 +83,8 @@ class ShardSettings:
         return f"{int(shard):0{self.shard_digits}d}_stats.json"
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
-def publish_file(tmp: str, final: str) -> None:
-    """Move a finished local temp file to `final` in one step (rename or single upload)."""
-    if is_remote(final):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(final)
-        try:
-            fs.put_file(tmp, path)
-        finally:
-            os.remove(tmp)
-    else:
-        os.replace(tmp, _local(final))
-
-
-def temp_path(final: str) -> str:
-    """A hidden temp name beside `final` (same filesystem: rename is atomic), or in /tmp."""
-    name = f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}"
-    if is_remote(final):
-        return os.path.join(tempfile.gettempdir(), name)
-    folder = os.path.dirname(_local(final))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, name)
-
-
 def write_text_atomic(final: str, text: str) -> None:
-    tmp = temp_path(final)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    publish_file(tmp, final)
+    storage.write_text(final, text)
 
 
 def _missing(value: Any) -> bool:

@@ -7,6 +7,10 @@ schedule, checkpoints and `--resume latest`. This module only prepares each proc
 - custom open_clip model configs (the tiny test model, or `train.model_config`) live in
   a process's memory, so they are registered here, in every worker, before open_clip
   builds the model;
+- open_clip_train's setup_logging sets *every* logger that exists to INFO, torch's
+  dynamo and distributed loggers included, which floods a person's terminal; torch's
+  loggers go back to WARNING after it (unless DEPARROT_VERBOSE is set: `--verbose`).
+  open_clip's own INFO lines (losses) stay: `deparrot train` reads them from out.log;
 - open_clip_train 3.3 wraps the model in DistributedDataParallel with
   `device_ids=[device]` even on CPU, which torch refuses for CPU modules; for CPU runs
   with several processes (gloo), the wrapper drops device_ids for CPU modules while the
@@ -16,6 +20,7 @@ schedule, checkpoints and `--resume latest`. This module only prepares each proc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +47,29 @@ def _cpu_ddp_accepts_device_ids() -> Iterator[None]:
         torch.nn.parallel.DistributedDataParallel = original
 
 
+@contextlib.contextmanager
+def _torch_logs_at_warning() -> Iterator[None]:
+    """open_clip_train's logging, with torch's own loggers kept at WARNING."""
+    import open_clip_train.main as trainer
+
+    original = trainer.setup_logging
+    if os.environ.get("DEPARROT_VERBOSE", "") not in ("", "0"):
+        yield
+        return
+
+    def setup_logging(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        for name in list(logging.root.manager.loggerDict):
+            if name == "torch" or name.startswith("torch."):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    trainer.setup_logging = setup_logging
+    try:
+        yield
+    finally:
+        trainer.setup_logging = original
+
+
 def register_models(model_configs: dict[str, dict[str, Any]]) -> None:
     """Register `model_configs` (and deparrot's tiny model) with open_clip in this process."""
     from udfs.clip_models import _open_clip, register_model_config
@@ -62,7 +90,7 @@ def train_main(argv: list[str], model_configs: dict[str, dict[str, Any]],
     register_models(model_configs)
     from open_clip_train.main import main
 
-    with _cpu_ddp_accepts_device_ids():
+    with _cpu_ddp_accepts_device_ids(), _torch_logs_at_warning():
         code = main(list(argv))
     if code not in (None, 0):
         raise RuntimeError(f"open_clip_train stopped with status {code} (see its log)")

@@ -117,6 +117,47 @@ def test_bundle_jobs_load_as_typed_resources_and_match_the_registry():
             assert parsed is stage
             assert cfg.spark.master == "" and cfg.storage.root == ""  # the runtime's session
             assert cfg.storage.catalog == variables["catalog"]
+            _assert_on_shared_storage(argv, cfg, variables["volume"])
+            _assert_libraries_fit(task, stage.gpu)
         if job_name == "deparrot_pipeline":
             ran = [_substitute(t.python_wheel_task.parameters, variables)[0] for t in job.tasks]
-            assert ran == [s.name for s in pipeline_stages()]
+            assert ran == [s.name for s in pipeline_stages()] + ["analyze", "report"]
+
+
+def _assert_on_shared_storage(argv: list[str], cfg, volume: str) -> None:
+    """Every path a task is given, and every file a stage writes, is on shared storage:
+    the volume, or the bundle's workspace files (its config)."""
+    assert volume.startswith("/Volumes/")
+    for value in argv:
+        path = value.split("=", 1)[1] if "=" in value else value
+        if path.startswith("/") or "://" in path:
+            assert path.startswith(("/Volumes/", str(ROOT))), value
+    assert cfg.storage.files_root() == volume
+    files = [cfg.cluster.artifacts, cfg.analyze.export_dir, cfg.report.out, cfg.export.out,
+             cfg.train.logs]
+    files += [f for f in (cfg.score.aesthetic_weights, cfg.cluster.published_pca,
+                          cfg.cluster.published_centroids) if f]  # where a task sets them
+    for where in files:
+        assert cfg.shared(where).startswith(volume + "/"), where
+
+
+CPU_ONLY = ("faiss-cpu", "onnxruntime")
+GPU_ONLY = ("faiss-gpu-cu12", "onnxruntime-gpu")
+
+
+def _assert_libraries_fit(task, gpu: bool) -> None:
+    names = {re.split(r"[<>=!~ ]", lib.pypi.package)[0] for lib in task.libraries or []
+             if lib.pypi is not None}
+    wanted, unwanted = (GPU_ONLY, CPU_ONLY) if gpu else (CPU_ONLY, GPU_ONLY)
+    assert set(wanted) <= names and not names & set(unwanted), (task.task_key, names)
+    assert any(lib.whl for lib in task.libraries), task.task_key
+
+
+def test_rapidocr_does_not_pull_in_a_cpu_onnxruntime():
+    """The GPU cluster's onnxruntime-gpu is the only onnxruntime: rapidocr's own
+    requirements (as installed) name no onnxruntime build."""
+    from importlib.metadata import requires
+
+    deps = [re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in requires("rapidocr") or []
+            if "extra ==" not in r]
+    assert not [d for d in deps if d.startswith("onnxruntime")], deps

@@ -193,6 +193,7 @@ def test_published_joblib_pca_needs_the_trust_flag(scored, tmp_path):
     c = dataclasses.replace(scored.cluster, published_pca=str(tmp_path / "pca.joblib"),
                             published_centroids=str(tmp_path / "centroids.npy"))
     with pytest.raises(Exception, match="cluster.trust_pickle"):
-        cluster.load(c)
-    art = cluster.load(dataclasses.replace(c, trust_pickle=True))
+        cluster.load(dataclasses.replace(scored, cluster=c))
+    art = cluster.load(dataclasses.replace(
+        scored, cluster=dataclasses.replace(c, trust_pickle=True)))
     np.testing.assert_allclose(art.project(x), pca.transform(x), rtol=1e-4, atol=1e-5)

@@ -168,3 +168,73 @@ def test_detect_family_and_unknown_columns():
     assert ingest.detect_family(["uid", "url", "text", "sha256"]) == "datacomp"
     with pytest.raises(ValueError, match="ingest.family"):
         ingest.detect_family(["image_path", "caption"])
+
+
+# ------------------------------------------------------------------ hostile metadata
+
+
+def _rejects(spark, cfg) -> dict[int, str]:
+    rows = Lake(spark, cfg).read("rejects").where("stage = 'ingest'").collect()
+    return {r["source_row"]: r["reason"] for r in rows}
+
+
+def test_sample_ids_that_are_not_numbers_are_rejected_not_a_traceback(spark, cfg, tmp_path):
+    schema = pa.schema([("SAMPLE_ID", pa.string()), ("URL", pa.string()),
+                        ("TEXT", pa.string()), ("WIDTH", pa.string()),
+                        ("HEIGHT", pa.float64())])
+    rows = [{"SAMPLE_ID": "17", "URL": "https://a.example/1.jpg", "TEXT": "ok",
+             "WIDTH": "200", "HEIGHT": 100.0},
+            {"SAMPLE_ID": "abc", "URL": "https://a.example/2.jpg", "TEXT": "id",
+             "WIDTH": "200", "HEIGHT": 100.0},
+            {"SAMPLE_ID": "18", "URL": "https://a.example/3.jpg", "TEXT": "width",
+             "WIDTH": "12px", "HEIGHT": 100.0}]
+    path = _write(tmp_path / "in" / "a.parquet", rows, schema)
+    report = ingest.run(spark, _cfg(cfg, path, "laion400m"))
+    assert (report.input_rows, report.kept) == (3, 1)
+    assert _rejects(spark, cfg) == {1: "bad_id", 2: "bad_number:width"}
+
+
+def test_columns_that_differ_only_in_case_are_one_line(spark, cfg, tmp_path, capsys):
+    from jobs import cli
+
+    table = pa.table({"url": ["https://a.example/1.jpg"], "URL": ["https://b.example/1.jpg"],
+                      "TEXT": ["x"]})
+    path = tmp_path / "both.parquet"
+    pq.write_table(table, path)
+    cli.main(["ingest", "--input", str(path), "--set", f"storage.root={cfg.storage.root}"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ only in case" in err and "url" in err
+    assert not Lake(spark, cfg).exists("metadata")  # nothing half-written
+
+
+def test_invalid_utf8_text_is_rejected_and_every_reader_can_open_the_tables(
+        spark, cfg, tmp_path):
+    schema = pa.schema([("SAMPLE_ID", pa.int64()), ("URL", pa.string()),
+                        ("TEXT", pa.binary()), ("WIDTH", pa.float64()),
+                        ("HEIGHT", pa.float64())])
+    rows = [{"SAMPLE_ID": 1, "URL": "https://a.example/1.jpg", "TEXT": "café".encode(),
+             "WIDTH": 10.0, "HEIGHT": 10.0},
+            {"SAMPLE_ID": 2, "URL": "https://a.example/2.jpg", "TEXT": b"caf\xe9 \xff\xfe",
+             "WIDTH": 10.0, "HEIGHT": 10.0}]
+    path = _write(tmp_path / "in" / "a.parquet", rows, schema)
+    report = ingest.run(spark, _cfg(cfg, path, "laion400m"))
+    assert report.kept == 1 and report.rejected == {"invalid_utf8:text": 1}
+    from deltalake import DeltaTable  # an Arrow-based reader outside Spark
+
+    lake = Lake(spark, cfg)
+    meta = DeltaTable(lake.ref("metadata").path).to_pyarrow_table()
+    assert meta.column("text").to_pylist() == ["café"]
+    rejects = DeltaTable(lake.ref("rejects").path).to_pyarrow_table().to_pylist()
+    assert rejects[0]["reason"] == "invalid_utf8:text" and "\ufffd" not in rejects[0]["reason"]
+
+
+def test_a_symlink_loop_reads_each_file_once(spark, cfg, tmp_path):
+    folder = tmp_path / "in"
+    _write(folder / "a.parquet", [_row400(1), _row400(2)], L400M)
+    _write(folder / "sub" / "b.parquet", [_row400(3)], L400M)
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)
+    (folder / "again").symlink_to(folder / "sub", target_is_directory=True)
+    (folder / "link.parquet").symlink_to(folder / "a.parquet")
+    assert len(ingest.parquet_files(str(folder))) == 2
+    report = ingest.run(spark, _cfg(cfg, folder))
+    assert (report.input_rows, report.kept, report.rejected) == (3, 3, {})

@@ -107,9 +107,21 @@ def test_argv_from_the_manifest(cfg, tmp_path):
     assert argv[argv.index("--precision") + 1] == "fp32"
     assert argv[argv.index("--device") + 1] == "cpu"
     assert argv[-2:] == ["--resume", "latest"]
-    with pytest.raises(UserError, match="shard"):  # 4 shards cannot feed 2 x 4 readers
-        train.training_data(dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, workers=4)))
+    assert argv[argv.index("--workers") + 1] == "2"
+    # 4 shards feed 2 processes x 2 readers: 4 workers asked for become 2.
+    many = train.training_data(dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, workers=4)))
+    assert many.workers == 2
+    assert train.open_clip_argv(cfg.train, many)[argv.index("--workers") + 1] == "2"
+
+
+def test_fewer_shards_than_processes_is_the_only_shard_error(cfg, tmp_path):
+    cfg = _configure(cfg, tmp_path, n=32, num_processes=2, workers=2)
+    _fake_export(tmp_path / "shards", train_shards=1)
+    with pytest.raises(UserError, match="1 training shard.*2 training processes"):
+        train.training_data(cfg)
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_processes=1))
+    assert train.training_data(one).workers == 1  # the demo's single shard trains
 
 
 def test_missing_export_or_parquet_export_is_a_user_error(cfg, tmp_path):
