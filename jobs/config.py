@@ -174,6 +174,10 @@ class ClusterConfig:
     min_points_per_centroid: int = 10_000
     max_points_per_centroid: int = 200_000
     sample_size: int = 1_000_000  # embeddings drawn with Spark for training
+    # cluster-assign refuses embeddings from another model than the artifacts were
+    # built from (their manifest's embedding_model vs the scores table's CLIP model):
+    # distances between different models' features mean nothing. True overrides.
+    allow_other_embedding_model: bool = False
     use_gpu: bool = True  # faiss on GPU when one is present
     faiss_threads: int = 1  # per Python worker; Spark already runs one task per core
 

@@ -214,11 +214,11 @@ def input_error(exc: Exception, path: str) -> Exception:
 
 
 def normalise(raw: DataFrame, family: str) -> DataFrame:
-    """Map a family's columns onto METADATA_SCHEMA (plus `_record`, the original row)."""
+    """Map a family's columns onto METADATA_SCHEMA (the original row is not carried: only
+    rejects keep it, joined back from the input by `original_records`)."""
     if family not in COLUMN_MAP:
         raise UserError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     by_lower = {c.lower(): c for c in raw.columns if not c.startswith("_source")}
-    original = [c for c in raw.columns if not c.startswith("_source")]
     mapping = COLUMN_MAP[family]
 
     def src(name: str) -> Column | None:
@@ -246,9 +246,17 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
         F.lit(family).alias("family"),
         F.col("_source_file").alias("source_file"),
         F.col("_source_row").cast("long").alias("source_row"),
-        F.to_json(F.struct(*[F.col(f"`{c}`") for c in original])).alias("_record"),
     )
     return df.withColumn("sample_id", _sample_id(family))
+
+
+def original_records(raw: DataFrame) -> DataFrame:
+    """(source_file, source_row, _original): each input row's own columns as a struct,
+    for the rejects' `record` (JSON is made only for the rows that are rejected)."""
+    original = [c for c in raw.columns if not c.startswith("_source")]
+    return raw.select(F.col("_source_file").alias("source_file"),
+                      F.col("_source_row").cast("long").alias("source_row"),
+                      F.struct(*[F.col(f"`{c}`") for c in original]).alias("_original"))
 
 
 def _sample_id(family: str) -> Column:
@@ -338,7 +346,9 @@ def classify(checked: DataFrame, existing: DataFrame | None) -> DataFrame:
 
 def transform(raw: DataFrame, cfg: IngestConfig, existing: DataFrame | None) -> DataFrame:
     family = cfg.family if cfg.family != "auto" else detect_family(raw.columns)
-    return classify(validate(normalise(raw, family), cfg), existing)
+    checked = validate(normalise(raw, family), cfg)
+    return classify(checked.drop(*[c for c in checked.columns if c.startswith("_raw_")]),
+                    existing)
 
 
 def run(spark: SparkSession, cfg: Config) -> IngestReport:
@@ -366,7 +376,10 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
             F.current_timestamp().alias("ingested_at"),
         )
         lake.insert_new("metadata", keep, on=["sample_id"])
-        rejects = classified.where(F.col("_status") == "reject").select(
+        rejected = classified.where(F.col("_status") == "reject").select(
+            "reason", "sample_id", "source_file", "source_row")
+        rejects = rejected.join(original_records(raw), ["source_file", "source_row"],
+                                "left").select(
             F.lit(STAGE).alias("stage"),
             F.col("reason"),
             F.concat_ws("#", "source_file", F.col("source_row").cast("string")).alias(
@@ -375,7 +388,7 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
             "sample_id",
             "source_file",
             "source_row",
-            F.make_valid_utf8(F.col("_record")).alias("record"),
+            F.make_valid_utf8(F.to_json("_original")).alias("record"),
         )
         lake.add_rejects(rejects)
         report = IngestReport()

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -50,6 +51,9 @@ SCORES_SCHEMA = T.StructType([
     T.StructField("aesthetic_score", T.DoubleType(), True),
     T.StructField("aesthetic_source", T.StringType(), True),
     T.StructField("image_embedding", T.ArrayType(T.FloatType()), True),  # B/32, unit norm
+    # An error from the moment (out of memory, a lost device), not the image: the next
+    # run scores the row again. Decode and per-image model errors are final (false).
+    T.StructField("retryable", T.BooleanType(), True),
 ])
 TABLE_SCHEMA = T.StructType(
     [*SCORES_SCHEMA.fields, T.StructField("scored_at", T.TimestampType(), True)]
@@ -100,6 +104,15 @@ def model_files_on_shared_storage(cfg: Config) -> ScoreConfig:
         aesthetic_weights=model_file(cfg, sc.aesthetic_weights))
 
 
+def add_missing_columns(lake: Lake) -> None:
+    """Tables written before a column existed get it (null), so MERGEs by name work."""
+    have = set(lake.read("scores").columns)
+    missing = [f for f in TABLE_SCHEMA.fields if f.name not in have]
+    if missing:
+        cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        lake.spark.sql(f"ALTER TABLE {lake.ref('scores').name} ADD COLUMNS ({cols})")
+
+
 def random_parts(cfg: ScoreConfig) -> list[str]:
     """Config keys that would give randomly initialised weights.
 
@@ -121,18 +134,37 @@ def transform(inputs: DataFrame, cfg: ScoreConfig) -> DataFrame:
     from udfs.score import score_batches
 
     settings = score_settings(cfg)
+    attempts = task_attempts(inputs.sparkSession)
 
     def body(batches):
-        return score_batches(batches, settings)
+        return score_batches(batches, settings, attempts)
 
     parts = cfg.partitions or inputs.sparkSession.sparkContext.defaultParallelism
     return inputs.repartition(parts).mapInPandas(body, schema=SCORES_SCHEMA)
 
 
+def task_attempts(spark: SparkSession) -> int:
+    """How often Spark runs a failing task: local[N] once, local[N,F] F times, else
+    spark.task.maxFailures (4)."""
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        inner = master[master.find("[") + 1:master.rfind("]")] if "[" in master else ""
+        parts = inner.split(",")
+        return int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else 1
+    return int(spark.conf.get("spark.task.maxFailures", "4"))
+
+
+def settled(scores: DataFrame) -> DataFrame:
+    """Ids whose score is final: ok, or an error that another try would not change."""
+    retry = (F.col("status") == "error") & F.coalesce(F.col("retryable"), F.lit(False))
+    return scores.where(~retry).select("sample_id")
+
+
 def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFrame:
-    ok = images.where(F.col("status") == "ok").select("sample_id", "image")
+    ok = images.where(F.col("status") == "ok").select(
+        "sample_id", "image", "original_width", "original_height")
     return (
-        ok.join(scores.select("sample_id"), on="sample_id", how="left_anti")
+        ok.join(settled(scores), on="sample_id", how="left_anti")
         .join(metadata.select("sample_id", "text", "similarity", "aesthetic"), on="sample_id")
     )
 
@@ -147,6 +179,7 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     if report.random_init:
         print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
     lake.ensure("scores", TABLE_SCHEMA)
+    add_missing_columns(lake)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
     lap = Laps(report.seconds).lap
     todo = pending(lake.read("images"), lake.read("metadata"),
@@ -157,9 +190,16 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     progress = Progress(STAGE, report.pending, report.chunks)
     for part in chunks(todo, report.chunks):
         rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
-        # A plain append suffices: `todo` excludes every id already scored, and each
-        # chunk is one atomic commit, so a crash never leaves half a chunk behind.
-        rows.writeTo(lake.ref("scores").name).append()
+        # Scored once (cached), then MERGEd on sample_id: a blind append of ids that a
+        # concurrent run committed meanwhile would store them twice, and Delta never
+        # reports a conflict between two blind appends. When another run's commit wins
+        # the race, the MERGE is retried against it, from the cached rows.
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            rows.count()
+            lake.upsert("scores", rows, on=["sample_id"])  # retried rows replace theirs
+        finally:
+            rows.unpersist()
         progress.chunk_done()
     lap("score_and_write")
     lake.set_properties("scores", {

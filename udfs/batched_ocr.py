@@ -19,7 +19,9 @@ decoder) and changes only how images reach the networks:
 3. deparrot's guards drop implausible boxes (`max_box_fraction`, `min_edge_density`, as
    in `RapidOcrSpotter`).
 4. With `recognize=True` the crops of all images with boxes go to rapidocr's
-   `TextRecognizer` together (`rec_batch_size` crops per call, sorted by aspect ratio).
+   recogniser together (`rec_batch_size` crops per call), grouped by their own padded
+   width, so a crop's text never depends on the other crops of its call (or on how rows
+   were chunked); detection letterboxes each image to a size set by the image alone.
    Unlike RapidOCR's pipeline, boxes read as nothing are kept, with `text=None` and the
    recogniser's confidence: the score stage's text rule decides what counts as text.
 
@@ -36,6 +38,7 @@ Use it with `score.spotter: udfs.batched_ocr:batched_spotter` (alias `batched`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -74,6 +77,8 @@ DEFAULT_REC_BATCH_SIZE = 32
 # so mixed-size images share batches. 0 = exact sizes only (no padding at all).
 DEFAULT_BUCKET = 128
 _STRIDE = 32  # the DB network's input sizes are multiples of 32 (rapidocr's rule)
+# Recognition input widths: a crop's aspect ratio rounded up to this (x 48 px = 24 px).
+REC_RATIO_STEP = 0.5
 
 
 @dataclass
@@ -193,6 +198,7 @@ class BatchedOcrSpotter:
         self.min_edge_density = float(min_edge_density)
         self.rec_min_confidence = float(rec_min_confidence)
         self.det_batch_size = int(det_batch_size)
+        self.rec_batch_size = int(rec_batch_size)
         self.bucket = int(bucket)
         self.seconds: dict[str, float] = defaultdict(float)
 
@@ -445,7 +451,6 @@ class BatchedOcrSpotter:
 
     def _recognize(self, plans: list[_Plan], boxes: dict[int, list]
                    ) -> dict[tuple[int, int], tuple[str, float]]:
-        from rapidocr.ch_ppocr_rec import TextRecInput
         from rapidocr.utils.process_img import get_rotate_crop_image
 
         t0 = time.perf_counter()
@@ -458,10 +463,39 @@ class BatchedOcrSpotter:
                 crops.append(np.ascontiguousarray(crop[:, :, ::-1]))  # the model reads BGR
         if not crops:
             return {}
-        out = self._recognizer()(TextRecInput(img=crops))
+        read = self._read_crops(crops)
         self.seconds["rec"] += time.perf_counter() - t0
-        return {key: (str(txt), float(score))
-                for key, txt, score in zip(keys, out.txts, out.scores, strict=True)}
+        return dict(zip(keys, read, strict=True))
+
+    def _read_crops(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """rapidocr's recogniser, with each crop's padded width set by the crop alone.
+
+        TextRecognizer pads every crop of a call to the widest aspect ratio *in that
+        call*, so a crop read beside a wider one saw a different input, and its text
+        could change with the batch it landed in (hence with chunking). Here a crop's
+        width is its own aspect ratio rounded up to REC_RATIO_STEP (at least the model's
+        320/48), and only crops with the same padded width share a call: the same crop
+        gets the same input tensor whatever else is being read.
+        """
+        rec = self._recognizer()
+        _, img_h, img_w = rec.rec_image_shape[:3]
+        floor = img_w / img_h
+        groups: dict[float, list[int]] = defaultdict(list)
+        ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
+        for i, ratio in enumerate(ratios):
+            groups[max(floor, math.ceil(ratio / REC_RATIO_STEP) * REC_RATIO_STEP)].append(i)
+        out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        for padded, members in sorted(groups.items()):
+            for start in range(0, len(members), self.rec_batch_size):
+                part = members[start:start + self.rec_batch_size]
+                batch = np.stack([rec.resize_norm_img(crops[i], padded) for i in part])
+                preds = rec.session(batch.astype(np.float32))
+                lines, _ = rec.postprocess_op(preds, False,
+                                              wh_ratio_list=[ratios[i] for i in part],
+                                              max_wh_ratio=padded)
+                for i, (txt, score) in zip(part, lines, strict=True):
+                    out[i] = (str(txt), float(score))
+        return out
 
 
 def _cuda_index(device: Any) -> int | None:

@@ -26,7 +26,18 @@ from udfs import storage
 from udfs.worker_cache import worker_cached
 
 FORMAT_VERSION = 1
-DEFAULT_EMBEDDING_MODEL = "ViT-B-32/openai"
+DEFAULT_EMBEDDING_MODEL = "ViT-B-32:openai"  # model:pretrained, as the scores table says
+
+
+def same_embedding_model(a: str, b: str) -> bool:
+    """`ViT-B-32:openai` == `ViT-B-32/openai` (the older spelling); case-insensitive."""
+    def norm(name: str) -> str:
+        name = name.strip()
+        if ":" not in name and "/" in name:
+            name = name.replace("/", ":", 1)
+        return name.lower()
+
+    return norm(a) == norm(b)
 PCA_FILE = "pca.npz"
 CENTROIDS_FILE = "centroids.npy"
 MANIFEST_FILE = "manifest.json"

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 from PIL import Image
 
 from udfs.decode import to_rgb
@@ -145,6 +146,42 @@ def _pad(img: Image.Image, size: int, color: tuple[int, int, int]) -> Image.Imag
     canvas = Image.new("RGB", (max(size, img.width), max(size, img.height)), color)
     canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
     return canvas
+
+
+def remove_border(pixels: np.ndarray, original_size: tuple[int, int] | None,
+                  tolerance: float = 12.0) -> np.ndarray:
+    """The content of a `border`-mode image without its padding, from the original size.
+
+    LAION scored the original image with CLIP's own resize and centre crop; img2dataset's
+    border mode adds bars (white by default) that shift CLIP's view and score. The
+    padded canvas is square; the content is the original scaled to fit, centred (the
+    split of _pad). The crop happens only when the bars are really there: 99% of bar
+    pixels within `tolerance` of one colour, so other resize
+    modes (a centre crop of a wide photo is square too) are never cut.
+    """
+    if original_size is None or pixels.ndim != 3:
+        return pixels
+    ow, oh = (int(v) for v in original_size)
+    h, w = pixels.shape[:2]
+    if w != h or ow <= 0 or oh <= 0 or ow == oh:
+        return pixels
+    cw, ch = _scaled_size(ow, oh, w, max(ow, oh))
+    if (cw, ch) == (w, h) or cw > w or ch > h:
+        return pixels
+    left, top = (w - cw) // 2, (h - ch) // 2
+    # The bars' outer part: JPEG blocks (16 px with chroma subsampling) ring next to the
+    # content, so the strip nearest it is not compared.
+    gap = min(16, (top if ch < h else left) // 2)
+    bars = [pixels[:top - gap], pixels[top + ch + gap:]] if ch < h else \
+        [pixels[:, :left - gap], pixels[:, left + cw + gap:]]
+    bar = np.concatenate([b.reshape(-1, pixels.shape[2]) for b in bars if b.size])
+    if not len(bar):
+        return pixels
+    colour = np.median(bar, axis=0)
+    off = np.abs(bar.astype(np.float32) - colour).max(axis=1) > tolerance
+    if off.mean() > 0.01:
+        return pixels
+    return np.ascontiguousarray(pixels[top:top + ch, left:left + cw])
 
 
 def _side(width: int, height: int, mode: ResizeMode) -> int | None:

@@ -31,13 +31,47 @@ import pandas as pd
 from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.ocr import DEFAULT_SPOTTER, DEFAULT_TEXT_MIN_CONFIDENCE, check_spotter_path, reads_text
+from udfs.resize import remove_border
 from udfs.worker_cache import worker_cached
 
 SCORE_FIELDS = (
     "sample_id", "status", "error", "ocr_box_count", "ocr_text_area", "ocr_text", "ocr_boxes",
     "has_text", "clip_score", "clip_score_source", "aesthetic_score", "aesthetic_source",
-    "image_embedding",
+    "image_embedding", "retryable",
 )
+# Out of memory or a lost device: the image is fine, the moment was not. Such batches are
+# split and retried; what still fails fails the task (Spark retries it) or, on the task's
+# last attempt, is stored as a retryable error that the next run scores again.
+_RESOURCE_MARKERS = ("out of memory", "failed to allocate memory", "cuda error",
+                     "cudnn_status", "cublas_status", "cudaerrormemoryallocation",
+                     "device lost", "no cuda gpus are available", "resource exhausted",
+                     "cuda driver")
+MAX_BATCH_SPLITS = 8  # 256 -> 1 image: the most a batch is halved before giving up
+
+
+class RetryableScoreError(RuntimeError):
+    """A resource error (OOM, lost device) that batch splitting did not get past."""
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(marker in text for marker in _RESOURCE_MARKERS)
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 # Decode threads per Python worker on a GPU when `decode_threads` is 0 (auto).
 GPU_DECODE_THREADS = 4
 
@@ -80,6 +114,10 @@ class ScoreSettings:
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Undo img2dataset's `border` padding (from the recorded original size) before the
+    # models see the image: LAION's similarity and the 0.3 threshold come from CLIP on
+    # the original image, and the bars lower the score (udfs/resize.remove_border).
+    remove_border: bool = True
 
     def __post_init__(self) -> None:
         if self.recognize not in ("none", "texted", "all"):
@@ -145,9 +183,9 @@ class _Laps:
         self.t = now
 
 
-def _error_row(sample_id: int, reason: str) -> dict:
+def _error_row(sample_id: int, reason: str, retryable: bool = False) -> dict:
     row = dict.fromkeys(SCORE_FIELDS)
-    row.update(sample_id=sample_id, status="error", error=reason)
+    row.update(sample_id=sample_id, status="error", error=reason, retryable=retryable)
     return row
 
 
@@ -243,6 +281,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
             "aesthetic_source": "computed" if k in aes_done else "metadata",
             # A float32 array: Arrow converts it without a Python float per element.
             "image_embedding": img_emb[k],
+            "retryable": False,
         })
     lap("rows")
     return rows
@@ -268,14 +307,26 @@ def decode_part(part: pd.DataFrame, s: ScoreSettings,
 
     data = part["image"].tolist()
     decoded = list(pool.map(one, data)) if pool is not None else [one(d) for d in data]
+    sizes = original_sizes(part) if s.remove_border else [None] * len(ids)
     ok_idx, arrays, errors = [], [], []
     for k, d in enumerate(decoded):
         if d.ok:
             ok_idx.append(k)
-            arrays.append(np.asarray(d.image))
+            arrays.append(remove_border(np.asarray(d.image), sizes[k]))
         else:
             errors.append(_error_row(ids[k], f"decode:{d.error}"))
     return Decoded(part, ok_idx, arrays, errors)
+
+
+def original_sizes(part: pd.DataFrame) -> list[tuple[int, int] | None]:
+    """(width, height) before download's resize, where the images table recorded it."""
+    if "original_width" not in part or "original_height" not in part:
+        return [None] * len(part)
+    out: list[tuple[int, int] | None] = []
+    for w, h in zip(part["original_width"], part["original_height"], strict=True):
+        ok = w is not None and h is not None and not pd.isna(w) and not pd.isna(h)
+        out.append((int(w), int(h)) if ok else None)
+    return out
 
 
 def decode_threads(s: ScoreSettings, device_type: str) -> int:
@@ -292,42 +343,87 @@ def _parts(batches: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]
             yield batch.iloc[start:start + size]
 
 
-def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings) -> Iterator[pd.DataFrame]:
+def last_task_attempt(task_attempts: int) -> bool:
+    """True in the task's last attempt (Spark fails the job if it fails too)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    attempt = ctx.attemptNumber() if ctx is not None else 0
+    return attempt + 1 >= max(1, task_attempts)
+
+
+def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings,
+                  task_attempts: int = 1) -> Iterator[pd.DataFrame]:
     """mapInPandas body over (sample_id, image, text, similarity, aesthetic) rows.
 
     With decode threads (a GPU worker by default) part k+1 is decoded while part k is
-    scored.
+    scored. `task_attempts` is Spark's spark.task.maxFailures for this job: a resource
+    error that batch splitting cannot get past fails the task while Spark will retry it,
+    and becomes retryable error rows in the last attempt.
     """
     from udfs.device import select_device
 
     threads = decode_threads(s, select_device(s.prefer_gpu).type)
     columns = list(SCORE_FIELDS)
+    last = last_task_attempt(task_attempts)
     if threads <= 0:
         for part in _parts(batches, s.batch_size):
-            yield pd.DataFrame(_score_part(part, s), columns=columns)
+            yield pd.DataFrame(_score_part(part, s, last_attempt=last), columns=columns)
         return
     with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
         pending = None
         for part in _parts(batches, s.batch_size):
             upcoming = ahead.submit(decode_part, part, s, pool)
             if pending is not None:
-                yield pd.DataFrame(score_decoded(pending.result(), s), columns=columns)
+                yield pd.DataFrame(score_decoded(pending.result(), s, last_attempt=last),
+                                   columns=columns)
             pending = upcoming
         if pending is not None:
-            yield pd.DataFrame(score_decoded(pending.result(), s), columns=columns)
+            yield pd.DataFrame(score_decoded(pending.result(), s, last_attempt=last),
+                               columns=columns)
 
 
 def _score_part(part: pd.DataFrame, s: ScoreSettings,
-                laps: dict[str, float] | None = None) -> list[dict]:
+                laps: dict[str, float] | None = None, last_attempt: bool = True) -> list[dict]:
     t0 = time.perf_counter()
     decoded = decode_part(part, s)
     if laps is not None:
         laps["decode"] = laps.get("decode", 0.0) + time.perf_counter() - t0
-    return score_decoded(decoded, s, laps)
+    return score_decoded(decoded, s, laps, last_attempt=last_attempt)
 
 
-def score_decoded(d: Decoded, s: ScoreSettings,
-                  laps: dict[str, float] | None = None) -> list[dict]:
+def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
+                       sims: list[float | None], aes: list[float | None], s: ScoreSettings,
+                       laps: dict[str, float] | None = None, splits: int = 0) -> list[dict]:
+    """score_images, isolating failures: a resource error halves the batch (at most
+    MAX_BATCH_SPLITS times, then RetryableScoreError); any other error is looked for image
+    by image, and the image that raises it gets a permanent error row."""
+    try:
+        return score_images(ids, arrays, texts, sims, aes, s, laps)
+    except Exception as exc:
+        if is_resource_error(exc):
+            _release_memory()
+            if len(ids) == 1 or splits >= MAX_BATCH_SPLITS:
+                raise RetryableScoreError(
+                    f"{type(exc).__name__} on a batch of {len(ids)} image(s) after {splits} "
+                    f"split(s): {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                ) from exc
+            halves = (slice(0, len(ids) // 2), slice(len(ids) // 2, len(ids)))
+        elif len(ids) == 1:
+            return [_error_row(ids[0], f"score:{type(exc).__name__}")]
+        else:
+            halves = tuple(slice(k, k + 1) for k in range(len(ids)))
+            splits = MAX_BATCH_SPLITS  # one image at a time already
+        out: list[dict] = []
+        for h in halves:
+            out.extend(score_with_retries(ids[h], arrays[h], texts[h], sims[h], aes[h], s,
+                                          laps, splits + 1 if splits < MAX_BATCH_SPLITS
+                                          else splits))
+        return out
+
+
+def score_decoded(d: Decoded, s: ScoreSettings, laps: dict[str, float] | None = None,
+                  last_attempt: bool = True) -> list[dict]:
     rows: list[dict] = list(d.errors)
     if not d.ok_idx:
         return rows
@@ -344,13 +440,10 @@ def score_decoded(d: Decoded, s: ScoreSettings,
     pick = [ids[k] for k in ok_idx], [texts[k] for k in ok_idx]
     given = [sims[k] for k in ok_idx], [aes[k] for k in ok_idx]
     try:
-        rows.extend(score_images(pick[0], arrays, pick[1], given[0], given[1], s, laps))
-    except Exception:
-        # Find the image that breaks the batch; the others still get their scores.
-        for j, k in enumerate(ok_idx):
-            try:
-                rows.extend(score_images([ids[k]], [arrays[j]], [texts[k]], [sims[k]],
-                                         [aes[k]], s))
-            except Exception as exc:  # one image must not fail the task
-                rows.append(_error_row(ids[k], f"score:{type(exc).__name__}"))
+        rows.extend(score_with_retries(pick[0], arrays, pick[1], given[0], given[1], s, laps))
+    except RetryableScoreError as exc:
+        if not last_attempt:
+            raise  # the task fails; Spark runs it again (maybe on another device)
+        reason = f"score:resource:{type(exc.__cause__).__name__}"
+        rows.extend(_error_row(sid, reason, retryable=True) for sid in pick[0])
     return rows

@@ -197,3 +197,18 @@ def test_published_joblib_pca_needs_the_trust_flag(scored, tmp_path):
     art = cluster.load(dataclasses.replace(
         scored, cluster=dataclasses.replace(c, trust_pickle=True)))
     np.testing.assert_allclose(art.project(x), pca.transform(x), rtol=1e-4, atol=1e-5)
+
+
+def test_assign_refuses_embeddings_of_another_model(spark, scored):
+    from jobs.errors import UserError
+
+    cluster.train(spark, scored)  # artifacts of ViT-B-32:openai (the config's model)
+    lake = Lake(spark, scored)
+    lake.set_properties("scores", {"deparrot.clip_model": "ViT-L-14:openai"})
+    with pytest.raises(UserError, match="built from ViT-B-32:openai embeddings but the "
+                                        "scores table holds ViT-L-14:openai"):
+        cluster.assign(spark, scored)
+    assert not lake.exists("clusters") or lake.read("clusters").count() == 0
+    override = dataclasses.replace(scored, cluster=dataclasses.replace(
+        scored.cluster, allow_other_embedding_model=True))
+    assert cluster.assign(spark, override).assigned == 40

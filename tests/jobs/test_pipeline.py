@@ -57,3 +57,23 @@ def test_run_accounts_for_every_input_row_and_reruns_add_nothing(spark, cfg, tmp
         assert again["dedup"].skipped
         assert lake.read("subset").count() == len(kept_ids)
         assert sum(by_stage.values()) == lake.read("rejects").count()
+
+        # The same input in commits of 8 rows gives the same subset and rejects: no
+        # per-image result depends on the rows it was chunked or batched with.
+        small = dataclasses.replace(
+            cfg, storage=dataclasses.replace(cfg.storage, root=str(tmp_path / "lake8"),
+                                             schema=cfg.storage.schema + "_8"),
+            download=dataclasses.replace(cfg.download, rows_per_commit=8),
+            score=dataclasses.replace(cfg.score, rows_per_commit=8),
+            cluster=dataclasses.replace(cfg.cluster, artifacts=str(tmp_path / "clusters8")))
+        chunked = pipeline.run(spark, small)
+        assert chunked["score"].chunks > 1 and chunked["download"].chunks > 1
+        assert _outcome(Lake(spark, small)) == _outcome(lake)
+
+
+def _outcome(lake: Lake) -> tuple[list, list]:
+    subset = sorted(tuple(r) for r in lake.read("subset").select(
+        "SAMPLE_ID", "URL", "TEXT", "similarity", "ase_scores").collect())
+    rejects = sorted(tuple(r) for r in lake.read("rejects").select(
+        "stage", "reason", "reject_key").collect())
+    return subset, rejects

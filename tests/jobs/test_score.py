@@ -192,3 +192,177 @@ def test_has_text_needs_text_read_not_boxes_found(spark, scored_inputs, tmp_path
     for sid in (1, 2, 3, 4):
         assert got[sid]["ocr_box_count"] == 1 and not got[sid]["has_text"]
         assert [b["text"] for b in got[sid]["ocr_boxes"]] == ["..."]
+
+
+SLOW_SPOTTER = '''
+import time
+
+from udfs.ocr import OcrResult
+
+
+class SlowSpotter:
+    """Finds no text, slowly: two runs started together both plan before either commits."""
+
+    def __init__(self, delay_s):
+        self.delay_s = delay_s
+
+    def spot(self, images, recognize=False):
+        time.sleep(self.delay_s)
+        return [OcrResult([], *img.shape[:2]) for img in images]
+
+
+def make(device=None, cpu_threads=0, delay_s=2.0):
+    return SlowSpotter(delay_s)
+'''
+
+
+def test_two_score_runs_at_once_store_each_id_once(spark, scored_inputs, tmp_path):
+    import threading
+
+    module = tmp_path / "slow_spotter_abc.py"
+    module.write_text(SLOW_SPOTTER)
+    spark.sparkContext.addPyFile(str(module))
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter="slow_spotter_abc:make", spotter_options={"delay_s": 3.0})
+    Lake(spark, cfg).ensure("scores", score.TABLE_SCHEMA)  # both runs see it
+    reports, failures = [], []
+
+    def one_run():
+        try:
+            reports.append(score.run(spark, cfg))
+        except Exception as exc:  # pragma: no cover - shown by the assert below
+            failures.append(exc)
+
+    runs = [threading.Thread(target=one_run) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=600)
+    assert not failures, failures
+    assert [r.pending for r in reports] == [5, 5]  # both planned every row
+    ids = [r["sample_id"] for r in Lake(spark, cfg).read("scores").collect()]
+    assert sorted(ids) == [1, 2, 3, 4, 5]  # one row per id
+
+
+FLAKY_SPOTTERS = '''
+import numpy as np
+
+from udfs.ocr import OcrResult
+
+
+def _none(images):
+    return [OcrResult([], *img.shape[:2]) for img in images]
+
+
+class BigBatchOom:
+    """Out of memory on batches of more than one image, like a card that is too small."""
+
+    def spot(self, images, recognize=False):
+        if len(images) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return _none(images)
+
+
+class AlwaysOom:
+    def spot(self, images, recognize=False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class HatesGreen:
+    """A model bug on one kind of image: that image's error is final."""
+
+    def spot(self, images, recognize=False):
+        if any(img[..., 1].mean() > img[..., 0].mean() + 40 for img in images):
+            raise ValueError("cannot handle this image")
+        return _none(images)
+
+
+def big_batch_oom(device=None, cpu_threads=0):
+    return BigBatchOom()
+
+
+def always_oom(device=None, cpu_threads=0):
+    return AlwaysOom()
+
+
+def hates_green(device=None, cpu_threads=0):
+    return HatesGreen()
+'''
+
+
+@pytest.fixture
+def flaky(spark, tmp_path):
+    module = tmp_path / "flaky_spotters_q.py"
+    module.write_text(FLAKY_SPOTTERS)
+    spark.sparkContext.addPyFile(str(module))
+    return "flaky_spotters_q"
+
+
+def _scores(spark, cfg) -> dict:
+    return {r["sample_id"]: r for r in Lake(spark, cfg).read("scores").collect()}
+
+
+def test_out_of_memory_halves_the_batch_and_scores_every_image(
+        spark, scored_inputs, tmp_path, flaky):
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter=f"{flaky}:big_batch_oom")
+    report = score.run(spark, cfg)
+    assert report.ok == 4 and report.errors == {"decode:decode_error": 1}
+
+
+def test_persistent_resource_errors_are_retryable_and_the_next_run_retries_them(
+        spark, scored_inputs, tmp_path, flaky):
+    # local[2] runs a task once: its (only) attempt is the last, so the rows are stored
+    # as retryable errors instead of failing the job.
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter=f"{flaky}:always_oom")
+    report = score.run(spark, cfg)
+    assert report.ok == 0
+    assert report.errors == {"score:resource:RuntimeError": 4, "decode:decode_error": 1}
+    got = _scores(spark, cfg)
+    assert [sid for sid, r in sorted(got.items()) if r["retryable"]] == [1, 2, 3, 4]
+    assert got[5]["retryable"] is False  # a corrupt file stays a final error
+    again = score.run(spark, dataclasses.replace(
+        cfg, score=dataclasses.replace(cfg.score, spotter="batched")))
+    assert again.pending == 4 and again.ok == 4
+    got = _scores(spark, cfg)
+    assert len(got) == 5 and all(got[s]["status"] == "ok" for s in (1, 2, 3, 4))
+    assert score.run(spark, cfg).pending == 0  # nothing left to retry
+
+
+def test_resource_errors_fail_the_task_while_spark_can_still_retry_it():
+    import pandas as pd
+
+    from udfs import score as executor
+
+    frame = pd.DataFrame({"sample_id": [1], "image": [_jpeg(
+        photo_image(np.random.default_rng(0), 64))], "text": ["x"], "similarity": [0.5],
+        "aesthetic": [5.0]})
+    settings = executor.ScoreSettings(
+        spotter="tests.jobs.test_score:_always_oom_spotter", clip_model=TINY_MODEL_NAME,
+        clip_pretrained="random", aesthetic_clip_model=TINY_MODEL_NAME,
+        aesthetic_clip_pretrained="random", random_init_ok=True, reuse_similarity=True,
+        reuse_aesthetic=True, prefer_gpu=False)
+    with pytest.raises(executor.RetryableScoreError, match="after 0 split"):
+        list(executor.score_batches(iter([frame]), settings, task_attempts=4))
+
+
+def _always_oom_spotter(device=None, cpu_threads=0):
+    class Oom:
+        def spot(self, images, recognize=False):
+            raise MemoryError("Failed to allocate memory for requested buffer")
+
+    return Oom()
+
+
+def test_a_model_error_on_one_image_is_final_for_that_image_only(
+        spark, scored_inputs, tmp_path, flaky):
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter=f"{flaky}:hates_green")
+    score.run(spark, cfg)
+    got = _scores(spark, cfg)
+    final = {sid for sid, r in got.items() if r["status"] == "error" and not r["retryable"]}
+    assert final == {3, 5} and got[3]["error"] == "score:ValueError"  # 3: the green photo
+    assert all(got[s]["status"] == "ok" for s in (1, 2, 4))
+    assert not any(r["retryable"] for r in got.values())
+    assert score.run(spark, cfg).pending == 0

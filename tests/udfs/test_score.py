@@ -141,3 +141,118 @@ def test_gpu_data_path_matches_cpu():
             b["sample_id"], b["status"], b["has_text"])
         if a["status"] == "ok":
             np.testing.assert_allclose(a["image_embedding"], b["image_embedding"], atol=3e-2)
+
+
+def _spotter_none(device=None, cpu_threads=0):
+    class NoText:
+        def spot(self, images, recognize=False):
+            return [OcrResult([], *img.shape[:2]) for img in images]
+
+    return NoText()
+
+
+def test_a_border_padded_copy_scores_like_the_unpadded_image():
+    """img2dataset's border mode pads with white bars; LAION scored the original. With
+    the bars removed (from the recorded original size) the CLIP score of the padded copy
+    matches the unpadded one, with the real ViT-B-32 architecture (random weights)."""
+    from jobs.sample import photo_image
+    from udfs.resize import ResizeMode, ResizeSettings, resize_image
+
+    photo = photo_image(np.random.default_rng(5), 400).resize((400, 250))
+    views = {}
+    for mode in (ResizeMode.border, ResizeMode.keep_ratio_largest):
+        img = resize_image(photo, ResizeSettings(image_size=224, resize_mode=mode))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95)
+        views[mode] = buf.getvalue()
+    frame = pd.DataFrame({
+        "sample_id": [1, 2], "image": [views[ResizeMode.border],
+                                       views[ResizeMode.keep_ratio_largest]],
+        "text": ["a photo of a forest", "a photo of a forest"], "similarity": [None, None],
+        "aesthetic": [5.0, 5.0], "original_width": [400, 400], "original_height": [250, 250]})
+    base = dict(clip_model="ViT-B-32", clip_pretrained="random", aesthetic_clip_model=TINY,
+                aesthetic_clip_pretrained="random", aesthetic_weights="random",
+                random_init_ok=True, reuse_aesthetic=True, prefer_gpu=False, batch_size=2,
+                spotter="tests.udfs.test_score:_spotter_none", precision="fp32")
+    removed = pd.concat(score.score_batches(iter([frame]), score.ScoreSettings(**base)))
+    kept = pd.concat(score.score_batches(iter([frame]), score.ScoreSettings(
+        **base, remove_border=False)))
+    assert abs(removed["clip_score"][0] - removed["clip_score"][1]) < 0.01
+    emb = np.stack(removed["image_embedding"].tolist())
+    padded = np.stack(kept["image_embedding"].tolist())
+    same = float(emb[0] @ emb[1])
+    assert same > 0.99 and same > float(padded[0] @ padded[1])  # the bars made a difference
+
+
+def test_remove_border_leaves_other_resize_modes_alone():
+    from udfs.resize import remove_border
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)  # a centre crop, wide source
+    assert remove_border(crop, (400, 250)) is crop
+    padded = np.full((224, 224, 3), 255, np.uint8)
+    padded[42:182] = rng.integers(0, 256, (140, 224, 3), dtype=np.uint8)
+    assert remove_border(padded, (400, 250)).shape == (140, 224, 3)
+    assert remove_border(padded, None) is padded and remove_border(padded, (300, 300)) is padded
+
+
+def _mixed_frame() -> pd.DataFrame:
+    """Posters with words of several lengths, photos, and photos with a small sign: crops
+    of many aspect ratios, so recognition batches mix them differently per order."""
+    from PIL import ImageDraw
+
+    from jobs.sample import photo_image, text_image
+
+    rng = np.random.default_rng(11)
+    images = [text_image(rng, 256, w) for w in ("OPEN", "GRAND OPENING TODAY", "SALE 50",
+                                                "K", "FREE WIFI HERE", "NO")]
+    for k in range(4):
+        photo = photo_image(rng, 256)
+        if k % 2:
+            ImageDraw.Draw(photo).text((20 + 30 * k, 200), "EXIT 7" * (k // 2 + 1),
+                                       fill=(255, 255, 255))
+        images.append(photo)
+    data = []
+    for img in images:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=90)
+        data.append(buf.getvalue())
+    n = len(data)
+    return pd.DataFrame({"sample_id": list(range(1, n + 1)), "image": data,
+                         "text": ["a caption"] * n, "similarity": [None] * n,
+                         "aesthetic": [5.0] * n})
+
+
+def _by_id(frames) -> dict:
+    rows = pd.concat(list(frames)).to_dict("records")
+    return {r["sample_id"]: r for r in rows}
+
+
+def test_per_image_results_do_not_depend_on_batches_order_or_chunks():
+    frame = _mixed_frame()
+    base = dict(reuse_aesthetic=True, spotter="batched")
+    runs = {
+        "batch 16": _by_id(score.score_batches(iter([frame]), _settings(batch_size=16, **base))),
+        "batch 3, reversed": _by_id(score.score_batches(
+            iter([frame.iloc[::-1]]), _settings(batch_size=3, **base))),
+        "chunks of 2, shuffled": _by_id(
+            out for start in range(0, len(frame), 2)
+            for out in score.score_batches(
+                iter([frame.sample(frac=1, random_state=4).iloc[start:start + 2]]),
+                _settings(batch_size=2, **base))),
+        "one by one, small rec batches": _by_id(score.score_batches(
+            iter([frame]), _settings(batch_size=1, spotter="batched", reuse_aesthetic=True,
+                                     spotter_options={"rec_batch_size": 1,
+                                                      "det_batch_size": 1}))),
+    }
+    reference = runs.pop("batch 16")
+    assert sum(r["has_text"] for r in reference.values()) >= 6  # the posters were read
+    for name, got in runs.items():
+        assert got.keys() == reference.keys(), name
+        for sid, want in reference.items():
+            row = got[sid]
+            assert row["has_text"] == want["has_text"], (name, sid)
+            assert row["ocr_text"] == want["ocr_text"], (name, sid)
+            assert [b["polygon"] for b in row["ocr_boxes"]] == \
+                [b["polygon"] for b in want["ocr_boxes"]], (name, sid)
+            assert abs(row["clip_score"] - want["clip_score"]) < 1e-5, (name, sid)
