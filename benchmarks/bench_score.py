@@ -25,7 +25,11 @@ Printed, all from one run:
   back, no models) and Delta (appending the bare loop's rows to a Delta table), each as
   seconds and as a share of the bare loop;
 - CPU seconds of both runs (the process tree: driver, JVM, Python workers), which other
-  jobs on a shared machine do not inflate the way they inflate wall time.
+  jobs on a shared machine do not inflate the way they inflate wall time;
+- what the determinism of recognition costs: the batched spotter's recognition time with
+  each crop padded by its own width (the default: an image's text cannot depend on its
+  batch) against rapidocr's padding to the widest crop of each call, and for each how
+  many images' text changed between two batch orders.
 
 With `--rounds R` the bare loop and the Spark run alternate R times and medians are
 reported (the machine may be shared). On a GPU the phases are wall times around
@@ -150,6 +154,48 @@ def delta_only(spark, path: Path, rows: list[dict]) -> float:
     t0 = time.perf_counter()
     df.write.format("delta").mode("append").save(str(path))
     return time.perf_counter() - t0
+
+
+def rec_padding_cost(jpegs: list[bytes], batch: int, cores: int, rounds: int) -> None:
+    """What per-crop recognition padding (results independent of batches) costs against
+    rapidocr's per-call padding, and how often each changes an image's text with the
+    batch order."""
+    from udfs.batched_ocr import batched_spotter
+    from udfs.decode import decode_image
+
+    arrays = [np.asarray(decode_image(b).image) for b in jpegs]
+    spotters = {mode: batched_spotter(cpu_threads=cores, rec_padding=mode)
+                for mode in ("per_crop", "per_call")}
+
+    def texts(spotter, order, size):
+        out = {}
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            for i, r in zip(idx, spotter.spot([arrays[i] for i in idx], recognize=True),
+                            strict=True):
+                out[i] = r.text
+        return out
+
+    forward = list(range(len(arrays)))
+    backward = forward[::-1]
+    seconds = {mode: [] for mode in spotters}
+    changed = {}
+    for _ in range(max(1, rounds)):
+        for mode, spotter in spotters.items():
+            before = spotter.seconds.get("rec", 0.0)
+            first = texts(spotter, forward, batch)
+            seconds[mode].append(spotter.seconds.get("rec", 0.0) - before)
+            other = texts(spotter, backward, max(1, batch // 3))
+            changed[mode] = sum(first[i] != other[i] for i in forward)
+    med = {mode: statistics.median(v) for mode, v in seconds.items()}
+    print(f"\n{'recognition padding':<40}{'rec s':>9}{'ratio':>8}{'texts changed':>15}")
+    for mode in ("per_call", "per_crop"):
+        label = {"per_call": "per call (rapidocr's batching)",
+                 "per_crop": "per crop (independent of batches)"}[mode]
+        print(f"{label:<40}{med[mode]:>9.2f}{med[mode] / max(med['per_call'], 1e-9):>8.2f}"
+              f"{changed[mode]:>15}")
+    print(f"(texts changed: images whose text differs between batches of {batch} in order "
+          f"and of {max(1, batch // 3)} in reverse order, of {len(arrays)})")
 
 
 def main() -> None:
@@ -281,6 +327,7 @@ def main() -> None:
             print(f"{names[k]:<40}{phase[k]:>9.2f}{phase[k] / bare:>15.3f}")
     print(f"{'Arrow (Spark <-> Python, no models)':<40}{arrow:>9.2f}{arrow / bare:>15.3f}")
     print(f"{'Delta (append the rows, one commit)':<40}{delta:>9.2f}{delta / bare:>15.3f}")
+    rec_padding_cost([b for _, b, _ in rounds[-1]], args.batch_size, args.cores, args.rounds)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.chunks import Progress, chunk_count, chunks
+from jobs.chunks import Progress, chunk_count
 from jobs.config import Config, DownloadConfig
 from jobs.errors import UserError
 from jobs.lake import REJECTS_SCHEMA, Lake, reject_rows
 from jobs.stages import Stage
 from jobs.timing import Laps
+from jobs.work_queue import staged
 
 STAGE = "download"
 SOURCES = ("http", "webdataset", "parquet")
@@ -228,16 +229,21 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     report.chunks = chunk_count(report.pending, dl.rows_per_commit)
     lap("plan")
     progress = Progress(STAGE, report.pending, report.chunks)
-    for part in chunks(todo, report.chunks):
-        rows = fetch_http(part, dl) if dl.source == "http" else read_shards(part, spark, dl)
-        rows = rows.withColumn("fetched_at", F.current_timestamp())
-        # Fetch exactly once: MERGE may scan its source twice, and a cache can be bypassed,
-        # so cut the lineage. A lost executor fails the chunk; the re-run resumes it.
-        rows = rows.localCheckpoint(eager=True)
-        lap("fetch")
-        lake.upsert("images", rows, on=["sample_id"])
-        lap("write")
-        progress.chunk_done()
+    with staged(lake, todo, report.chunks, STAGE) as chunk:  # planned once (work_queue)
+        lap("stage")
+        for k in range(report.chunks):
+            part = chunk(k)
+            rows = fetch_http(part, dl) if dl.source == "http" else \
+                read_shards(part, spark, dl)
+            rows = rows.withColumn("fetched_at", F.current_timestamp())
+            # Fetch exactly once: MERGE may scan its source twice, and a cache can be
+            # bypassed, so cut the lineage. A lost executor fails the chunk; the re-run
+            # resumes it.
+            rows = rows.localCheckpoint(eager=True)
+            lap("fetch")
+            lake.upsert("images", rows, on=["sample_id"])
+            lap("write")
+            progress.chunk_done()
     tallies, mirrored = survey(lake)
     lap("report")
     if not mirrored:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,14 @@ from pyspark.sql import types as T
 
 from jobs.config import Config
 from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
+from udfs import storage
 
 R = TypeVar("R")
+
+# Per-run scratch tables (jobs/work_queue.py): a folder under storage.root for path
+# tables (the underscore keeps it apart from table names), a name prefix for managed ones.
+SCRATCH = "_scratch"
+SCRATCH_TABLE_PREFIX = "deparrot_scratch_"
 
 # The command that writes each table, named when a stage finds its input missing.
 PRODUCERS = {
@@ -288,6 +295,45 @@ class Lake:
         ref = self.register(key)
         pairs = ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
         self.spark.sql(f"ALTER TABLE {ref.name} SET TBLPROPERTIES ({pairs})")
+
+    # ------------------------------------------------------------------ scratch tables
+
+    def scratch(self, name: str) -> TableRef:
+        """A per-run scratch table (jobs/work_queue.py): `<root>/_scratch/<name>` for path
+        tables, `<schema>.deparrot_scratch_<name>` for managed ones."""
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        if self._root:
+            return TableRef(f"delta.`{self._root.rstrip('/')}/{SCRATCH}/{safe}`",
+                            f"{self._root.rstrip('/')}/{SCRATCH}/{safe}")
+        table = f"{SCRATCH_TABLE_PREFIX}{safe}"
+        return TableRef(f"{self._prefix}.{table}" if self._prefix else table, None)
+
+    def drop_scratch(self, ref: TableRef) -> None:
+        if ref.path is not None:
+            storage.remove(ref.path)
+        else:
+            self.spark.sql(f"DROP TABLE IF EXISTS {ref.name}")
+
+    def drop_stale_scratch(self, age_s: float) -> None:
+        """Scratch tables a crashed run left behind, older than `age_s` (by their name)."""
+        now = time.time()
+        if self._root:
+            folder = f"{self._root.rstrip('/')}/{SCRATCH}"
+            names = storage.listdir(folder)
+            refs = {n: TableRef(n, f"{folder}/{n}") for n in names}
+        else:
+            where = f" IN {self._prefix}" if self._prefix else ""
+            rows = self.spark.sql(f"SHOW TABLES{where} LIKE '{SCRATCH_TABLE_PREFIX}*'")
+            refs = {r["tableName"][len(SCRATCH_TABLE_PREFIX):]: TableRef(
+                f"{self._prefix}.{r['tableName']}" if self._prefix else r["tableName"], None)
+                for r in rows.collect()}
+        for name, ref in refs.items():
+            stamp = re.search(r"(\d{8}T\d{6})", name)
+            if stamp is None:
+                continue
+            made = time.mktime(time.strptime(stamp.group(1), "%Y%m%dT%H%M%S"))
+            if now - made > age_s:
+                self.drop_scratch(ref)
 
     def _conform_rejects(self, df: DataFrame) -> DataFrame:
         self.ensure("rejects", REJECTS_SCHEMA, partition_by=("stage",))

@@ -17,12 +17,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.chunks import Progress, chunk_count, chunks
+from jobs.chunks import Progress, chunk_count
 from jobs.config import Config, ScoreConfig
 from jobs.errors import UserError
 from jobs.lake import Lake, reject_rows, tally
 from jobs.stages import Stage
 from jobs.timing import Laps
+from jobs.work_queue import staged
 
 STAGE = "score"
 RANDOM_WARNING = (
@@ -188,28 +189,13 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     lap("plan")
     report.chunks = chunk_count(report.pending, sc.rows_per_commit)
     progress = Progress(STAGE, report.pending, report.chunks)
-    for part in chunks(todo, report.chunks):
-        rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
-        # Scored once (cached), then MERGEd on sample_id: a blind append of ids that a
-        # concurrent run committed meanwhile would store them twice, and Delta never
-        # reports a conflict between two blind appends. When another run's commit wins
-        # the race, the MERGE is retried against it, from the cached rows.
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            rows.count()
-            lake.upsert("scores", rows, on=["sample_id"])  # retried rows replace theirs
-        finally:
-            rows.unpersist()
-        progress.chunk_done()
+    with staged(lake, todo, report.chunks, STAGE) as chunk:  # planned once (work_queue)
+        lap("stage")
+        for k in range(report.chunks):
+            score_chunk(lake, chunk(k), sc)
+            progress.chunk_done()
     lap("score_and_write")
-    lake.set_properties("scores", {
-        "deparrot.clip_model": f"{sc.clip_model}:{sc.clip_pretrained or 'random'}",
-        "deparrot.aesthetic": f"{sc.aesthetic_clip_model}:"
-                              f"{sc.aesthetic_clip_pretrained or 'random'}"
-                              f"+{sc.aesthetic_weights or 'random'}",
-        "deparrot.random_init": str(report.random_init).lower(),
-        "deparrot.warning": RANDOM_WARNING if report.random_init else "",
-    })
+    record_settings(lake, sc, report.random_init)
     errors = lake.read("scores").where(F.col("status") == "error")
     lake.replace_rejects(STAGE, reject_rows(errors, STAGE, "error"))
     lap("properties_and_rejects")
@@ -222,6 +208,33 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
             report.errors[error] = report.errors.get(error, 0) + count
     lap("report")
     return report
+
+
+def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig) -> None:
+    """Score one chunk and commit it."""
+    rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
+    # Scored once (cached), then MERGEd on sample_id: a blind append of ids that a
+    # concurrent run committed meanwhile would store them twice, and Delta never reports
+    # a conflict between two blind appends. When another run's commit wins the race, the
+    # MERGE is retried against it, from the cached rows.
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rows.count()
+        lake.upsert("scores", rows, on=["sample_id"])  # retried rows replace theirs
+    finally:
+        rows.unpersist()
+
+
+def record_settings(lake: Lake, sc: ScoreConfig, random_init: bool) -> None:
+    """The models behind the table, as table properties (cluster-assign checks them)."""
+    lake.set_properties("scores", {
+        "deparrot.clip_model": f"{sc.clip_model}:{sc.clip_pretrained or 'random'}",
+        "deparrot.aesthetic": f"{sc.aesthetic_clip_model}:"
+                              f"{sc.aesthetic_clip_pretrained or 'random'}"
+                              f"+{sc.aesthetic_weights or 'random'}",
+        "deparrot.random_init": str(random_init).lower(),
+        "deparrot.warning": RANDOM_WARNING if random_init else "",
+    })
 
 
 STAGES = (Stage("score", "OCR text spotting, CLIP score, aesthetics -> Delta scores table",

@@ -22,6 +22,8 @@ decoder) and changes only how images reach the networks:
    recogniser together (`rec_batch_size` crops per call), grouped by their own padded
    width, so a crop's text never depends on the other crops of its call (or on how rows
    were chunked); detection letterboxes each image to a size set by the image alone.
+   `rec_padding: per_call` restores rapidocr's padding to the widest crop of each call
+   (benchmarks/bench_score.py compares the two).
    Unlike RapidOCR's pipeline, boxes read as nothing are kept, with `text=None` and the
    recogniser's confidence: the score stage's text rule decides what counts as text.
 
@@ -173,6 +175,7 @@ class BatchedOcrSpotter:
         rec_min_confidence: float = DEFAULT_REC_MIN_CONFIDENCE,
         det_batch_size: int = DEFAULT_DET_BATCH_SIZE,
         rec_batch_size: int = DEFAULT_REC_BATCH_SIZE,
+        rec_padding: str = "per_crop",
         bucket: int = DEFAULT_BUCKET,
         engine: str = "auto",
         device: Any = None,
@@ -188,6 +191,9 @@ class BatchedOcrSpotter:
             raise ValueError(f"det_limit_type must be 'min' or 'max', got {det_limit_type!r}")
         if engine not in ("auto", "numpy", "torch"):
             raise ValueError(f"engine must be auto, numpy or torch, got {engine!r}")
+        if rec_padding not in ("per_crop", "per_call"):
+            raise ValueError(f"rec_padding must be per_crop or per_call, got {rec_padding!r}")
+        self.rec_padding = rec_padding
         if det_batch_size < 1 or rec_batch_size < 1:
             raise ValueError("det_batch_size and rec_batch_size must be >= 1")
         self.limit_side_len = int(det_limit_side_len)
@@ -451,6 +457,7 @@ class BatchedOcrSpotter:
 
     def _recognize(self, plans: list[_Plan], boxes: dict[int, list]
                    ) -> dict[tuple[int, int], tuple[str, float]]:
+        from rapidocr.ch_ppocr_rec import TextRecInput
         from rapidocr.utils.process_img import get_rotate_crop_image
 
         t0 = time.perf_counter()
@@ -463,7 +470,11 @@ class BatchedOcrSpotter:
                 crops.append(np.ascontiguousarray(crop[:, :, ::-1]))  # the model reads BGR
         if not crops:
             return {}
-        read = self._read_crops(crops)
+        if self.rec_padding == "per_call":  # rapidocr's own batching (benchmarks compare)
+            out = self._recognizer()(TextRecInput(img=crops))
+            read = [(str(t), float(c)) for t, c in zip(out.txts, out.scores, strict=True)]
+        else:
+            read = self._read_crops(crops)
         self.seconds["rec"] += time.perf_counter() - t0
         return dict(zip(keys, read, strict=True))
 

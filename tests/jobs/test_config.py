@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,20 @@ def test_extends_overlays_base(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in CONF.glob("*.yaml")))
 def test_every_shipped_config_loads(name):
     load_config(CONF / name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("score.batch_size=-5", "score.batch_size must be >= 1, got -5"),
+    ("score.rows_per_commit=0", "score.rows_per_commit must be >= 1"),
+    ("download.concurrency=0", "download.concurrency must be >= 1"),
+    ("download.rows_per_commit=-1", "download.rows_per_commit must be >= 1"),
+    ("recipe.min_clip_score=1.5", "recipe.min_clip_score must be in [-1, 1]"),
+    ("recipe.dedup_threshold=2", "recipe.dedup_threshold must be in [0, 1]"),
+    ("recipe.dedup_block_size=0", "recipe.dedup_block_size must be >= 1"),
+    ("cluster.k=0", "cluster.k must be >= 1"),
+    ("publish.clusters_per_partition=0", "publish.clusters_per_partition must be >= 1"),
+    ("ingest.max_side=0", "ingest.max_side must be >= 1"),
+])
+def test_settings_that_cannot_work_are_config_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])

@@ -366,3 +366,30 @@ def test_a_model_error_on_one_image_is_final_for_that_image_only(
     assert all(got[s]["status"] == "ok" for s in (1, 2, 4))
     assert not any(r["retryable"] for r in got.values())
     assert score.run(spark, cfg).pending == 0
+
+
+def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
+        spark, scored_inputs, tmp_path):
+    from jobs.work_queue import staged
+
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     rows_per_commit=2)
+    lake = Lake(spark, cfg)
+    lake.ensure("scores", score.TABLE_SCHEMA)
+    todo = score.pending(lake.read("images"), lake.read("metadata"), lake.read("scores"))
+    seen = []
+    with staged(lake, todo, 3, "score") as chunk:
+        for k in range(3):
+            part = chunk(k)
+            files = part.inputFiles()
+            assert files and all(f"_chunk={k}/" in f for f in files)  # its partition only
+            seen += [r["sample_id"] for r in part.select("sample_id").collect()]
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    scratch = tmp_path / "lake" / "_scratch"
+    assert not scratch.exists() or not list(scratch.iterdir())  # dropped afterwards
+
+    report = score.run(spark, cfg)
+    assert (report.chunks, report.pending, report.ok) == (3, 5, 4)
+    ids = [r["sample_id"] for r in lake.read("scores").collect()]
+    assert sorted(ids) == [1, 2, 3, 4, 5]
+    assert not scratch.exists() or not list(scratch.iterdir())

@@ -272,9 +272,18 @@ def test_batched_keeps_boxes_read_as_nothing(batched, monkeypatch):
     assert det.box_count >= 1
 
     class Unreadable:
-        def __call__(self, rec_input):
-            n = len(rec_input.img)
-            return type("Out", (), {"txts": ("",) * n, "scores": (0.8,) * n})()
+        """The recogniser's parts the spotter calls, reading every crop as nothing."""
+
+        rec_image_shape = (3, 48, 320)
+
+        def resize_norm_img(self, img, max_wh_ratio):
+            return np.zeros((3, 48, int(48 * max_wh_ratio)), np.float32)
+
+        def session(self, batch):
+            return batch
+
+        def postprocess_op(self, preds, return_word_box=False, **kwargs):
+            return [("", 0.8)] * len(preds), None
 
     monkeypatch.setattr(batched, "_rec", Unreadable())
     (res,) = batched.spot([img], recognize=True)
