@@ -132,6 +132,10 @@ def test_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
             time.sleep(0.1)
         _wait_done(proc, tmp_path / "killed.log")
         assert victim is not None, "the run finished before an executor could be killed"
+        # The workers saw the executor die and the master gave the app a new one.
+        logs = "".join(p.read_text() for p in (tmp_path / "cluster").glob("worker-*.log"))
+        assert "exitStatus 137" in logs
+        assert logs.count("Asked to launch executor") >= 5  # 2 + 2 + the replacement
 
     calm, killed = _tables(spark, calm_lake), _tables(spark, killed_lake)
     assert len(calm["subset"]) + len(calm["rejects"]) == ROWS
