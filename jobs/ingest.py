@@ -94,6 +94,7 @@ class IngestReport:
 
 def detect_family(columns: list[str]) -> str:
     """Tell the metadata family from its columns (case-insensitive)."""
+    columns = [c for c in columns if not c.startswith("_source")]
     cols = {c.lower() for c in columns}
     if "uid" in cols and "url" in cols:
         return "datacomp"
@@ -199,6 +200,14 @@ def input_error(exc: Exception, path: str) -> Exception:
     text = str(exc)
     if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
         return UserError(f"input path not found: {path}")
+    mismatch = ("PARQUET_COLUMN_DATA_TYPE_MISMATCH", "SchemaColumnConvertNotSupported",
+                "cannot be converted", "CANNOT_MERGE_SCHEMAS")
+    if any(m in text for m in mismatch):
+        bad = _BAD_FILE.search(text)
+        where = f"parquet file {bad.group(1)}" if bad else f"the files in {path}"
+        return UserError(f"cannot read {where}: its column types differ from the other "
+                         "input files' (e.g. WIDTH as text in one, a number in another); "
+                         "convert it to the same schema, or ingest it on its own")
     if "COLUMN_ALREADY_EXISTS" in text or "AMBIGUOUS_REFERENCE" in text:
         return UserError(f"input {path} has columns that differ only in case: "
                          f"{first_line(exc)[:200]}; drop or rename one")
@@ -221,9 +230,16 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
     by_lower = {c.lower(): c for c in raw.columns if not c.startswith("_source")}
     mapping = COLUMN_MAP[family]
 
+    types = {f.name: f.dataType for f in raw.schema.fields}
+
     def src(name: str) -> Column | None:
         col = mapping.get(name)
         actual = by_lower.get(col.lower()) if col else None
+        if actual and isinstance(types[actual], (T.ArrayType, T.MapType, T.StructType)):
+            raise UserError(
+                f"input column {actual} is {types[actual].simpleString()}; deparrot reads "
+                f"it as {'a number' if name in NUMERIC else 'text'}: flatten or convert the "
+                "column first (ingest.family tells which columns are read)")
         return F.col(f"`{actual}`") if actual else None
 
     out = []
@@ -355,8 +371,8 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     if not cfg.ingest.input:
         raise UserError("ingest.input is empty: pass --input PATH or --set ingest.input=PATH")
     raw = read_input(spark, cfg.ingest.input)  # bad paths fail before any table exists
-    if cfg.ingest.family == "auto":
-        detect_family(raw.columns)
+    family = cfg.ingest.family if cfg.ingest.family != "auto" else detect_family(raw.columns)
+    normalise(raw, family)  # column types checked before any table exists
     lake = Lake(spark, cfg)
     lake.ensure("metadata", METADATA_SCHEMA)
     # Pin the version we compare against so both commits below see the same classification.

@@ -238,3 +238,25 @@ def test_a_symlink_loop_reads_each_file_once(spark, cfg, tmp_path):
     assert len(ingest.parquet_files(str(folder))) == 2
     report = ingest.run(spark, _cfg(cfg, folder))
     assert (report.input_rows, report.kept, report.rejected) == (3, 3, {})
+
+
+def test_nested_columns_and_files_of_different_types_are_one_line(spark, cfg, tmp_path, capsys):
+    from jobs import cli
+
+    base = ["--set", f"storage.root={cfg.storage.root}", "--set",
+            f"storage.schema={cfg.storage.schema}"]
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({"SAMPLE_ID": [1], "URL": ["https://a.example/1"], "TEXT": ["x"],
+                             "HEIGHT": [1.0], "WIDTH": pa.array([[1, 2]])}), nested)
+    assert cli.main(["ingest", "--input", str(nested), *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "column WIDTH is array<bigint>" in err
+    assert not Lake(spark, cfg).exists("metadata")
+
+    mixed = tmp_path / "mixed"
+    _write(mixed / "a.parquet", [_row400(1)], L400M)
+    pq.write_table(pa.table({"SAMPLE_ID": [2], "URL": ["https://a.example/2"], "TEXT": ["y"],
+                             "HEIGHT": [1.0], "WIDTH": ["wide"]}), mixed / "b.parquet")
+    assert cli.main(["ingest", "--input", str(mixed), *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "column types differ" in err and "b.parquet" in err
