@@ -223,7 +223,7 @@ def test_two_score_runs_at_once_store_each_id_once(spark, scored_inputs, tmp_pat
     module.write_text(SLOW_SPOTTER)
     spark.sparkContext.addPyFile(str(module))
     cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
-                     spotter="slow_spotter_abc:make", spotter_options={"delay_s": 3.0})
+                     spotter="slow_spotter_abc:make", spotter_options={"delay_s": 6.0})
     Lake(spark, cfg).ensure("scores", score.TABLE_SCHEMA)  # both runs see it
     reports, failures = [], []
 
