@@ -24,7 +24,6 @@ from pyspark.sql import types as T
 
 from jobs.config import Config
 from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
-from udfs import storage
 
 R = TypeVar("R")
 
@@ -308,9 +307,18 @@ class Lake:
         table = f"{SCRATCH_TABLE_PREFIX}{safe}"
         return TableRef(f"{self._prefix}.{table}" if self._prefix else table, None)
 
+    def _hadoop_fs(self, path: str):
+        """Hadoop's FileSystem for `path`: scratch tables live where the tables do, so
+        they are listed and deleted the way Spark reaches them (s3a://, abfss://, ...)."""
+        jvm = self.spark.sparkContext._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()
+        return hpath.getFileSystem(conf), hpath
+
     def drop_scratch(self, ref: TableRef) -> None:
         if ref.path is not None:
-            storage.remove(ref.path)
+            fs, hpath = self._hadoop_fs(ref.path)
+            fs.delete(hpath, True)
         else:
             self.spark.sql(f"DROP TABLE IF EXISTS {ref.name}")
 
@@ -319,7 +327,9 @@ class Lake:
         now = time.time()
         if self._root:
             folder = f"{self._root.rstrip('/')}/{SCRATCH}"
-            names = storage.listdir(folder)
+            fs, hpath = self._hadoop_fs(folder)
+            names = [st.getPath().getName() for st in fs.listStatus(hpath)] \
+                if fs.exists(hpath) else []
             refs = {n: TableRef(n, f"{folder}/{n}") for n in names}
         else:
             where = f" IN {self._prefix}" if self._prefix else ""
