@@ -196,6 +196,9 @@ class RecipeConfig:
     min_aesthetic: float = 4.5  # strictly greater than
     dedup_threshold: float = 0.95  # cosine of B/32 image embeddings within a cluster
     dedup_block_size: int = 4096
+    # A cluster with more rows is split into sub-clusters first (udfs/subclusters.py):
+    # one task then compares at most about this many rows, O(cap^2) work and cap x 2 KB.
+    dedup_max_cluster_rows: int = 20_000
     dedup_by_url: bool = True
     dedup_by_image_hash: bool = True
 
@@ -205,6 +208,7 @@ class RecipeConfig:
         within(self, 0.0, 10.0, "min_aesthetic")  # the predictor's 1-10 scale
         within(self, 0.0, 1.0, "dedup_threshold")
         at_least(self, 1, "dedup_block_size")
+        at_least(self, 2, "dedup_max_cluster_rows")
 
 
 @dataclass

@@ -212,3 +212,72 @@ def test_assign_refuses_embeddings_of_another_model(spark, scored):
     override = dataclasses.replace(scored, cluster=dataclasses.replace(
         scored.cluster, allow_other_embedding_model=True))
     assert cluster.assign(spark, override).assigned == 40
+
+
+def _clustered_frame(spark, seed=3):
+    """Cluster 0: 600 rows = 100 tight triples + 300 distinct; cluster 1: 50 rows with 5
+    triples (stays under any cap used below)."""
+    rng = np.random.default_rng(seed)
+    rows, planted = [], []
+    sid = 0
+    for kmeans, triples, distinct in ((0, 100, 300), (1, 5, 35)):
+        for _ in range(triples):
+            centre = rng.normal(size=DIM)
+            group = []
+            for _ in range(3):
+                rows.append((sid, f"u{sid}", f"h{sid}", kmeans, float(rng.uniform(0.31, 0.5)),
+                             _unit(centre + 0.01 * rng.normal(size=DIM)).tolist()))
+                group.append(sid)
+                sid += 1
+            planted.append(group)
+        for _ in range(distinct):
+            rows.append((sid, f"u{sid}", f"h{sid}", kmeans, float(rng.uniform(0.31, 0.5)),
+                         _unit(rng.normal(size=DIM)).tolist()))
+            sid += 1
+    df = spark.createDataFrame(rows, "sample_id long, url string, image_sha256 string, "
+                                     "kmeans long, clip_score double, "
+                                     "image_embedding array<float>")
+    return df, rows, planted
+
+
+def _exact_keepers(rows, cluster, recipe):
+    from udfs.dedup import find_near_duplicates
+
+    mine = [r for r in rows if r[3] == cluster]
+    res = find_near_duplicates(np.array([r[0] for r in mine]), np.array([r[5] for r in mine]),
+                               np.array([r[4] for r in mine]),
+                               threshold=recipe.dedup_threshold)
+    return {r[0]: int(k) for r, k in zip(mine, res.keeper_ids, strict=True)}
+
+
+def test_dedup_splits_clusters_over_the_cap_and_stays_exact_below_it(spark, cfg):
+    df, rows, planted = _clustered_frame(spark)
+    exact = {**_exact_keepers(rows, 0, cfg.recipe), **_exact_keepers(rows, 1, cfg.recipe)}
+
+    def keepers(cap):
+        recipe = dataclasses.replace(cfg.recipe, dedup_max_cluster_rows=cap)
+        groups = dedup.transform(df, recipe)
+        out = {r["sample_id"]: (r["duplicate_of"] if r["duplicate_of"] is not None
+                                else r["sample_id"]) for r in groups.rows.collect()}
+        return out, groups
+
+    # Every cluster under the cap: exactly today's exact search, nothing split.
+    whole, groups = keepers(1000)
+    assert groups.split_clusters == 0 and groups.largest == 600
+    assert whole == exact
+
+    # Cap 100: cluster 0 (600 rows) is split; no task sees more than ~the cap.
+    split, groups = keepers(100)
+    assert groups.split_clusters == 1
+    assert groups.largest <= 150
+    assert len(split) == len(rows)  # every row accounted for once
+    small = [r[0] for r in rows if r[3] == 1]
+    assert {i: split[i] for i in small} == {i: exact[i] for i in small}  # untouched
+    # Planted triples: the split finds nearly all of them (a border may cut one or two).
+    found = sum(len({split[i] for i in g}) == 1 for g in planted)
+    assert found >= 0.95 * len(planted)
+    # It never links rows the exact search keeps apart.
+    distinct_exact = {i for i in exact if exact[i] == i}
+    assert {i for i in split if split[i] == i} >= distinct_exact
+    # Deterministic: the same input gives the same split.
+    assert keepers(100)[0] == split
