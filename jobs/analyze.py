@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 
-import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -52,31 +51,39 @@ class AnalyzeReport:
     csv: dict[str, str] = field(default_factory=dict)
 
 
-def pairs(lake: Lake) -> DataFrame:
-    """Scored images with caption, OCR text and cluster (kmeans null when not clustered)."""
+def captions(lake: Lake) -> DataFrame:
+    """Every metadata row with its OCR result when scored ok (`scored`) and its cluster
+    (kmeans null when not clustered): the one input of the analysis pass."""
     scores = lake.read("scores").where(F.col("status") == "ok").select(
-        "sample_id", "ocr_text", "has_text", "clip_score")
-    meta = lake.read("metadata").select("sample_id", "text")
-    out = scores.join(meta, "sample_id")
+        "sample_id", "ocr_text", "has_text", "clip_score", F.lit(True).alias("scored"))
+    out = lake.read("metadata").select("sample_id", "text").join(scores, "sample_id", "left")
     if lake.exists("clusters"):
         out = out.join(lake.read("clusters").select("sample_id", "kmeans"), "sample_id", "left")
     else:
         out = out.withColumn("kmeans", F.lit(None).cast("long"))
-    return out
+    return out.withColumn("scored", F.coalesce("scored", F.lit(False)))
+
+
+CARRIED = ("clip_score", "kmeans", "scored")
 
 
 def measures(df: DataFrame, cfg: Config) -> DataFrame:
-    """Per-row parrot measures (udfs.parrot) plus the caption's normalised tokens."""
-    from udfs.parrot import PARROT_SCHEMA_DDL, parrot_batches
+    """One Python pass: per-row parrot measures and the caption's normalised words
+    (udfs.parrot.analysis_batches); clip_score, kmeans and scored pass through."""
+    from udfs.parrot import ANALYSIS_SCHEMA_DDL, analysis_batches
 
     settings = cfg.analyze.parrot
 
     def body(batches):
-        return parrot_batches(batches, settings)
+        return analysis_batches(batches, settings, carry=CARRIED)
 
-    measured = df.select("sample_id", "text", "ocr_text", "has_text").mapInPandas(
-        body, schema=PARROT_SCHEMA_DDL)
-    return measured.join(df.select("sample_id", "clip_score", "kmeans"), "sample_id")
+    return df.select("sample_id", "text", "ocr_text", "has_text", *CARRIED).mapInPandas(
+        body, schema=ANALYSIS_SCHEMA_DDL + ", clip_score double, kmeans long, scored boolean")
+
+
+def parrot_rows(measured: DataFrame) -> DataFrame:
+    """The `parrot` table: scored rows, without the caption words."""
+    return measured.where("scored").drop("cap_words", "scored")
 
 
 def parrot_summary(parrot: DataFrame) -> DataFrame:
@@ -152,33 +159,20 @@ def funnel(lake: Lake) -> DataFrame:
     return left.unionByName(by_reason)
 
 
-def ngram_counts(lake: Lake, parrot: DataFrame) -> DataFrame:
-    """(vocab, word, count) for the three vocabularies, counted in Spark."""
-    caps = lake.read("metadata").select(_tokens()("text").alias("t"))
-    one = caps.select(F.explode("t").alias("word")).withColumn("vocab", F.lit(VOCABS[0]))
-    pairs_of_words = F.expr("CASE WHEN size(t) < 2 THEN array() ELSE "
-                            "transform(sequence(0, size(t) - 2), i -> concat(t[i], ' ', t[i + 1]))"
-                            " END")
-    two = caps.select(F.explode(pairs_of_words).alias("word")).withColumn(
+def ngram_counts(measured: DataFrame) -> DataFrame:
+    """(vocab, word, count) for the three vocabularies, from the analysis pass's words:
+    caption n-grams over every caption, co-emb words over scored images."""
+    t = F.col("cap_words")
+    one = measured.select(F.explode(t).alias("word")).withColumn("vocab", F.lit(VOCABS[0]))
+    pairs_of_words = F.expr(
+        "CASE WHEN size(cap_words) < 2 THEN array() ELSE transform(sequence(0, "
+        "size(cap_words) - 2), i -> concat(cap_words[i], ' ', cap_words[i + 1])) END")
+    two = measured.select(F.explode(pairs_of_words).alias("word")).withColumn(
         "vocab", F.lit(VOCABS[1]))
-    co = parrot.select(F.explode("co_emb_words").alias("word")).withColumn(
+    co = measured.where("scored").select(F.explode("co_emb_words").alias("word")).withColumn(
         "vocab", F.lit(VOCABS[2]))
     return one.unionByName(two).unionByName(co).groupBy("vocab", "word").agg(
         F.count("*").alias("count"))
-
-
-def _tokens():
-    """Caption -> normalised words, vectorised over Arrow batches (one tokeniser for
-    the parrot measures and the vocabularies)."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(T.ArrayType(T.StringType()))
-    def tokens(text: pd.Series) -> pd.Series:
-        from udfs.parrot import words_normalised
-
-        return text.map(words_normalised)
-
-    return tokens
 
 
 def top_k(counts: DataFrame, k: int) -> DataFrame:
@@ -218,18 +212,19 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
     for key in ("metadata", "scores"):
         lake.require(key)
     report = AnalyzeReport()
-    parrot = measures(pairs(lake), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    # The only Python pass: everything below reads the persisted result or the parrot table.
+    measured = measures(captions(lake), cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        lake.overwrite("parrot", parrot)
+        lake.overwrite("parrot", parrot_rows(measured))
         parrot = lake.read("parrot")
         lake.overwrite("parrot_summary", parrot_summary(parrot))
         lake.overwrite("clip_by_text", clip_by_text(parrot))
         lake.overwrite("cluster_ocr", cluster_ocr(parrot))
         lake.overwrite("funnel", funnel(lake))
-        lake.overwrite("ngrams", top_k(ngram_counts(lake, parrot), cfg.analyze.top_k),
-                   partition_by=("vocab",))
+        lake.overwrite("ngrams", top_k(ngram_counts(measured), cfg.analyze.top_k),
+                       partition_by=("vocab",))
     finally:
-        parrot.unpersist()
+        measured.unpersist()
     report.rows = lake.read("parrot").count()
     for key in ("parrot", "parrot_summary", "clip_by_text", "cluster_ocr", "funnel", "ngrams"):
         report.tables[key] = lake.ref(key).name

@@ -187,16 +187,20 @@ def measure(
     ocr_text: str | None,
     has_text: bool | None,
     settings: ParrotSettings | None = None,
+    caption_words: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """All parrot measures of one pair: the output columns of `parrot_batches` but sample_id.
 
     cap_word_count / ocr_word_count are the distinct exact words (Algorithm 1's set sizes).
+    `caption_words`: the caption's `words_normalised`, when the caller has them already.
     """
     settings = settings or ParrotSettings()
     if has_text is False:
         ocr_text = None
     cap_x, ocr_x = words_exact(caption), words_exact(ocr_text)
-    cap_n, ocr_n = set(words_normalised(caption)), set(words_normalised(ocr_text))
+    if caption_words is None:
+        caption_words = words_normalised(caption)
+    cap_n, ocr_n = set(caption_words), set(words_normalised(ocr_text))
     overlap = cap_n & ocr_n
     exact = cotr(cap_x, ocr_x)
     return {
@@ -254,3 +258,34 @@ def parrot_batches(
             )
         ]
         yield _frame(batch["sample_id"].tolist(), rows)
+
+
+ANALYSIS_SCHEMA_DDL = PARROT_SCHEMA_DDL + ", cap_words array<string>"
+
+
+def analysis_batches(
+    batches: Iterator[pd.DataFrame],
+    settings: ParrotSettings | None = None,
+    carry: Sequence[str] = (),
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body of `deparrot analyze`'s one pass over every caption.
+
+    Each caption is tokenised once: its words feed both the parrot measures and the n-gram
+    vocabularies (`cap_words`, in order, duplicates kept). Output: PARROT columns +
+    `cap_words` + the `carry` columns passed through unchanged (ANALYSIS_SCHEMA_DDL plus
+    theirs). A row without OCR (not scored) gets the measures of an image without text.
+    """
+    settings = settings or ParrotSettings()
+    for batch in batches:
+        words = [words_normalised(_opt_str(cap)) for cap in batch["text"]]
+        rows = [
+            measure(_opt_str(cap), _opt_str(ocr), _opt_bool(has), settings, caption_words=w)
+            for cap, ocr, has, w in zip(
+                batch["text"], batch["ocr_text"], batch["has_text"], words, strict=True
+            )
+        ]
+        out = _frame(batch["sample_id"].tolist(), rows)
+        out["cap_words"] = words
+        for name in carry:
+            out[name] = batch[name].to_numpy()
+        yield out

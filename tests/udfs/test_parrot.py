@@ -168,3 +168,25 @@ def test_parrot_batches_handles_none_and_keeps_schema():
     assert got["cap_word_count"].tolist() == [5, 0, 2, 2]
     assert got["ocr_word_count"].tolist() == [2, 1, 0, 0]
     assert str(got["cap_word_count"].dtype) == "int32" and got["parrots"].dtype == bool
+
+
+def test_analysis_batches_give_the_same_measures_plus_caption_words():
+    from udfs.parrot import ANALYSIS_SCHEMA_DDL, analysis_batches
+
+    df = pd.DataFrame(
+        {
+            "sample_id": pd.Series([10, 11, 12], dtype="int64"),
+            "text": [CAPTION, None, "Sale, sale today!"],
+            "ocr_text": ["BEST coffee", "OPEN", None],
+            "has_text": [True, None, None],
+            "kmeans": [3.0, float("nan"), 1.0],
+        }
+    )
+    measured = next(parrot_batches(iter([df]), ParrotSettings()))
+    got = next(analysis_batches(iter([df]), ParrotSettings(), carry=("kmeans",)))
+    names = [part.split()[0] for part in ANALYSIS_SCHEMA_DDL.split(", ")]
+    assert list(got.columns) == [*names, "kmeans"]
+    pd.testing.assert_frame_equal(got[measured.columns], measured)
+    assert got["cap_words"].tolist() == [words_normalised(CAPTION), [],
+                                         ["sale", "sale", "today"]]  # order, duplicates
+    assert got["kmeans"].tolist()[::2] == [3.0, 1.0]
