@@ -15,8 +15,8 @@ def chunk_count(rows: int, rows_per_commit: int) -> int:
 class Progress:
     """One line per committed chunk: rows done / total, rate and time left.
 
-    Chunks are hash slices of nearly equal size, so rows done is estimated from the
-    chunk count instead of paying a count per chunk.
+    Chunks are key ranges of nearly equal size (work_queue), so rows done is estimated
+    from the chunk count instead of paying a count per chunk.
     """
 
     def __init__(self, stage: str, total: int, chunks: int):

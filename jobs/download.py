@@ -229,10 +229,11 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     report.chunks = chunk_count(report.pending, dl.rows_per_commit)
     lap("plan")
     progress = Progress(STAGE, report.pending, report.chunks)
-    with staged(lake, todo, report.chunks, STAGE) as chunk:  # planned once (work_queue)
+    with staged(lake, todo, report.chunks, STAGE) as chunks:  # planned once (work_queue)
         lap("stage")
-        for k in range(report.chunks):
-            part = chunk(k)
+        report.chunks = progress.chunks = chunks.count
+        for k in range(chunks.count):
+            part = chunks(k)
             rows = fetch_http(part, dl) if dl.source == "http" else \
                 read_shards(part, spark, dl)
             rows = rows.withColumn("fetched_at", F.current_timestamp())
@@ -241,7 +242,7 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
             # resumes it.
             rows = rows.localCheckpoint(eager=True)
             lap("fetch")
-            lake.upsert("images", rows, on=["sample_id"])
+            lake.upsert("images", rows, on=["sample_id"], target_filter=chunks.target_filter(k))
             lap("write")
             progress.chunk_done()
     tallies, mirrored = survey(lake)

@@ -224,12 +224,20 @@ class Lake:
         """Insert the rows of `df` whose key is not in the table yet: re-runs add nothing."""
         self._merge(key, df, on, update=False)
 
-    def upsert(self, key: str, df: DataFrame, on: list[str]) -> None:
-        """Insert new rows and overwrite rows whose key exists (a retried row's new result)."""
-        self._merge(key, df, on, update=True)
+    def upsert(self, key: str, df: DataFrame, on: list[str],
+               target_filter: str | None = None) -> None:
+        """Insert new rows and overwrite rows whose key exists (a retried row's new result).
 
-    def _merge(self, key: str, df: DataFrame, on: list[str], update: bool) -> None:
+        `target_filter` (on alias `t`) must hold for every target row `df` can match: Delta
+        then reads only the files whose statistics allow it (work_queue.Chunks).
+        """
+        self._merge(key, df, on, update=True, target_filter=target_filter)
+
+    def _merge(self, key: str, df: DataFrame, on: list[str], update: bool,
+               target_filter: str | None = None) -> None:
         cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
+        if target_filter:
+            cond = f"{cond} AND ({target_filter})"
 
         def commit() -> None:
             merge = self.delta(key).alias("t").merge(df.alias("s"), cond)

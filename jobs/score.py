@@ -189,10 +189,11 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     lap("plan")
     report.chunks = chunk_count(report.pending, sc.rows_per_commit)
     progress = Progress(STAGE, report.pending, report.chunks)
-    with staged(lake, todo, report.chunks, STAGE) as chunk:  # planned once (work_queue)
+    with staged(lake, todo, report.chunks, STAGE) as chunks:  # planned once (work_queue)
         lap("stage")
-        for k in range(report.chunks):
-            score_chunk(lake, chunk(k), sc)
+        report.chunks = progress.chunks = chunks.count
+        for k in range(chunks.count):
+            score_chunk(lake, chunks(k), sc, chunks.target_filter(k))
             progress.chunk_done()
     lap("score_and_write")
     record_settings(lake, sc, report.random_init)
@@ -210,7 +211,8 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     return report
 
 
-def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig) -> None:
+def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig,
+                target_filter: str | None = None) -> None:
     """Score one chunk and commit it."""
     rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
     # Scored once (cached), then MERGEd on sample_id: a blind append of ids that a
@@ -220,7 +222,8 @@ def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig) -> None:
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows.count()
-        lake.upsert("scores", rows, on=["sample_id"])  # retried rows replace theirs
+        # retried rows replace theirs; only the chunk's key range of files is read
+        lake.upsert("scores", rows, on=["sample_id"], target_filter=target_filter)
     finally:
         rows.unpersist()
 

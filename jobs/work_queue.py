@@ -7,6 +7,13 @@ image's bytes, and the stage's cost grew with rows x chunks (~23,000 chunks of 1
 rows at LAION-2B). Staged, the images are read once to plan, the scratch table is
 written once, and chunk k reads partition k: linear in rows whatever the chunk size.
 
+Chunks are ranges of the key (boundaries from one approxQuantile pass), not hash
+buckets, so the commit of chunk k can tell Delta which target files it may touch:
+`target_filter(k)` goes into the MERGE condition, and Delta's file statistics (min/max
+sample_id) skip every file of the other ranges. With hash buckets each MERGE had to scan
+the key column of the whole target table, and the stage's cost grew with rows x chunks
+again, only more slowly.
+
 The scratch table is private to one run (a unique name), so concurrent runs never read
 each other's plan, and it is dropped when the stage ends; a crash leaves it behind, and
 runs remove scratch tables older than a day. One chunk needs no plan: the pending query
@@ -29,21 +36,55 @@ CHUNK = "_chunk"
 STALE_AFTER_S = 24 * 3600
 
 
-def chunk_of(key: str, count: int):
-    """The chunk of a row: a hash of its key, so chunks are nearly equal and stable."""
-    return F.pmod(F.xxhash64(key), F.lit(count))
+class Chunks:
+    """The planned chunks: `chunks(k)` is chunk k's rows, `count` how many there are."""
+
+    def __init__(self, read: Callable[[int], DataFrame], bounds: list[float], key: str):
+        self._read, self._bounds, self._key = read, bounds, key
+        self.count = len(bounds) + 1
+
+    def __call__(self, k: int) -> DataFrame:
+        return self._read(k)
+
+    def target_filter(self, k: int, alias: str = "t") -> str | None:
+        """SQL predicate on the target's key for chunk k (None: the whole table)."""
+        col = f"{alias}.`{self._key}`"
+
+        def literal(b: float) -> str:  # an integral key stays a long: stats still apply
+            return str(int(b)) if b.is_integer() else repr(b)
+
+        low = self._bounds[k - 1] if k > 0 else None
+        high = self._bounds[k] if k < len(self._bounds) else None
+        parts = ([f"{col} >= {literal(low)}"] if low is not None else []) + (
+            [f"{col} < {literal(high)}"] if high is not None else [])
+        return " AND ".join(parts) or None
+
+
+def range_bounds(todo: DataFrame, key: str, count: int) -> list[float]:
+    """count - 1 increasing key values splitting `todo` into nearly equal ranges."""
+    probs = [k / count for k in range(1, count)]
+    quantiles = todo.select(F.col(key).cast("double").alias(key)).approxQuantile(
+        key, probs, 1.0 / (10 * count))
+    return sorted({float(q) for q in quantiles if q is not None})
 
 
 @contextmanager
 def staged(lake: Lake, todo: DataFrame, count: int, stage: str, key: str = "sample_id"
-           ) -> Iterator[Callable[[int], DataFrame]]:
-    """Yield `chunk(k) -> DataFrame` over `todo` planned once into `count` chunks."""
+           ) -> Iterator[Chunks]:
+    """Yield the Chunks of `todo`, planned once into about `count` key ranges."""
     if count <= 1:
-        yield lambda _k: todo
+        yield Chunks(lambda _k: todo, [], key)
         return
+    from pyspark.ml.feature import Bucketizer
+
     lake.drop_stale_scratch(STALE_AFTER_S)
+    bounds = range_bounds(todo, key, count)
     ref = lake.scratch(f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
-    writer = todo.withColumn(CHUNK, chunk_of(key, count).cast("int")).write.format(
+    # Bucketizer: a binary search per row in the JVM, whatever the number of chunks.
+    keyed = todo.withColumn("_key", F.col(key).cast("double"))
+    bucketed = Bucketizer(splits=[float("-inf"), *bounds, float("inf")], inputCol="_key",
+                          outputCol=CHUNK).transform(keyed)
+    writer = bucketed.withColumn(CHUNK, F.col(CHUNK).cast("int")).drop("_key").write.format(
         "delta").partitionBy(CHUNK)
     try:
         if ref.path is not None:
@@ -56,6 +97,6 @@ def staged(lake: Lake, todo: DataFrame, count: int, stage: str, key: str = "samp
             table = reader.load(ref.path) if ref.path is not None else reader.table(ref.name)
             return table.where(F.col(CHUNK) == k).drop(CHUNK)
 
-        yield chunk
+        yield Chunks(chunk, bounds, key)
     finally:
         lake.drop_scratch(ref)

@@ -378,12 +378,18 @@ def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
     lake.ensure("scores", score.TABLE_SCHEMA)
     todo = score.pending(lake.read("images"), lake.read("metadata"), lake.read("scores"))
     seen = []
-    with staged(lake, todo, 3, "score") as chunk:
+    with staged(lake, todo, 3, "score") as chunks:
+        assert chunks.count == 3
         for k in range(3):
-            part = chunk(k)
+            part = chunks(k)
             files = part.inputFiles()
             assert files and all(f"_chunk={k}/" in f for f in files)  # its partition only
-            seen += [r["sample_id"] for r in part.select("sample_id").collect()]
+            ids = [r["sample_id"] for r in part.select("sample_id").collect()]
+            # Chunks are key ranges: the MERGE filter holds for the chunk's rows only.
+            where = chunks.target_filter(k, alias="s")
+            assert part.alias("s").where(where).count() == len(ids)
+            assert todo.alias("s").where(where).count() == len(ids)
+            seen += ids
     assert sorted(seen) == [1, 2, 3, 4, 5]
     scratch = tmp_path / "lake" / "_scratch"
     assert not scratch.exists() or not list(scratch.iterdir())  # dropped afterwards
