@@ -10,6 +10,10 @@ thread pool while the current one runs on the GPU; every decoded image goes to t
 once (pinned host memory, non-blocking copies) and that copy feeds the OCR detector's
 and both CLIP towers' preprocessing, which run on the GPU too.
 
+T-MARS: images with OCR boxes go through B/32 a second time with the boxes masked
+(udfs/masking.py, on the same decoded array), scored against the caption embedding the
+CLIP score computed anyway: `masked_clip_score`, which recipe.text_policy `tmars` reads.
+
 The text rule: an image has text when recognition reads at least one letter or digit
 with confidence >= `text_min_confidence` in one of its boxes. Boxes read as nothing or as
 punctuation only stay in `ocr_boxes` but do not count. With `recognize: none`
@@ -38,8 +42,7 @@ from udfs.worker_cache import worker_cached
 SCORE_FIELDS = (
     "sample_id", "status", "error", "ocr_box_count", "ocr_text_area", "ocr_text", "ocr_boxes",
     "has_text", "clip_score", "clip_score_source", "masked_clip_score", "aesthetic_score",
-    "aesthetic_source",
-    "image_embedding", "retryable",
+    "aesthetic_source", "image_embedding", "retryable",
 )
 # Out of memory or a lost device: the image is fine, the moment was not. Such batches are
 # split and retried; what still fails fails the task (Spark retries it) or, on the task's
