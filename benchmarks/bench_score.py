@@ -285,7 +285,7 @@ def main() -> None:
     keys = sorted({k for p in phases for k in p})
     phase = {k: med([p.get(k, 0.0) for p in phases]) for k in keys}
     ocr_s = sum(v for k, v in phase.items() if k.startswith("ocr"))
-    clip_s = phase.get("b32", 0.0) + phase.get("l14", 0.0)
+    clip_s = phase.get("b32", 0.0) + phase.get("masked", 0.0) + phase.get("l14", 0.0)
     from udfs.score import models_for
 
     m = models_for(bare_settings)
@@ -319,10 +319,11 @@ def main() -> None:
              "ocr_det": "OCR det (network)", "ocr_det_post": "OCR det post-process",
              "ocr_rec": "OCR rec (crops + network)", "ocr_other": "OCR other",
              "ocr": "OCR (det + rec)", "b32": "B/32 (image + text)",
+             "masked": "B/32 on text-masked images (T-MARS)",
              "l14": "L/14 (+ aesthetic MLP)", "rows": "result rows"}
     print(f"\n{'where the time goes':<40}{'seconds':>9}{'share of bare':>15}")
     for k in ("decode", "upload", "ocr_det", "ocr_det_post", "ocr_rec", "ocr_other", "ocr",
-              "b32", "l14", "rows"):
+              "b32", "masked", "l14", "rows"):
         if k in phase:
             print(f"{names[k]:<40}{phase[k]:>9.2f}{phase[k] / bare:>15.3f}")
     print(f"{'Arrow (Spark <-> Python, no models)':<40}{arrow:>9.2f}{arrow / bare:>15.3f}")

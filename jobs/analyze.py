@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs import text_policy
 from jobs.config import Config
 from jobs.lake import Lake
 from jobs.stages import Stage
@@ -233,6 +234,8 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
                           lake.read("ngrams").groupBy("vocab").count().collect()}
     if cfg.analyze.export_dir:
         report.csv = export_csv(lake, cfg.shared(cfg.analyze.export_dir))
+    if text_policy.write_policy_counts(lake, cfg):  # rows each recipe.text_policy keeps
+        report.tables["policy_counts"] = lake.ref("policy_counts").name
     return report
 
 

@@ -92,6 +92,7 @@ class TablesConfig:
     cluster_ocr: str = "cluster_ocr"
     funnel: str = "funnel"
     ngrams: str = "ngrams"
+    policy_counts: str = "policy_counts"  # rows each recipe.text_policy would keep
     # Written by `deparrot sync-score`.
     sync_scores: str = "sync_scores"
     sync_word_scores: str = "sync_word_scores"
@@ -187,10 +188,20 @@ class ClusterConfig:
         at_least(self, 0, "faiss_threads")
 
 
+# Which images with text the recipe drops (jobs/recipe.py, README "Text policies").
+TEXT_POLICIES = ("any_text", "parrots", "tmars")
+
+
 @dataclass
 class RecipeConfig:
     """The paper's filters and dedup; publish keeps rows that pass every one."""
 
+    # any_text: the paper's rule, every image with text goes; parrots: only images whose
+    # caption repeats their text (normalised CoTR > max_cotr); tmars: only images whose
+    # CLIP score with the text masked is < min_masked_clip_score (T-MARS).
+    text_policy: str = "any_text"
+    max_cotr: float = 0.0  # parrots: 0.0 = any shared normalised word drops the pair
+    min_masked_clip_score: float = 0.3  # tmars: kept when masked_clip_score >= this
     max_text_boxes: int = 0  # "Empty OCR results"
     min_clip_score: float = 0.3  # strictly greater than
     min_aesthetic: float = 4.5  # strictly greater than
@@ -203,6 +214,11 @@ class RecipeConfig:
     dedup_by_image_hash: bool = True
 
     def __post_init__(self) -> None:
+        if self.text_policy not in TEXT_POLICIES:
+            raise ValueError(f"text_policy must be one of {', '.join(TEXT_POLICIES)}, "
+                             f"got {self.text_policy!r}")
+        within(self, 0.0, 1.0, "max_cotr")  # a ratio of words
+        within(self, -1.0, 1.0, "min_masked_clip_score")  # a cosine
         at_least(self, 0, "max_text_boxes")
         within(self, -1.0, 1.0, "min_clip_score")  # a cosine
         within(self, 0.0, 10.0, "min_aesthetic")  # the predictor's 1-10 scale

@@ -38,6 +38,7 @@ PRODUCERS = {
     "clusters": "cluster-assign", "dedup": "dedup", "subset": "publish",
     "parrot": "analyze", "parrot_summary": "analyze", "clip_by_text": "analyze",
     "cluster_ocr": "analyze", "funnel": "analyze", "ngrams": "analyze",
+    "policy_counts": "analyze",
     "sync_scores": "sync-score", "sync_word_scores": "sync-score", "training_runs": "train",
 }
 

@@ -1,8 +1,10 @@
 """`deparrot publish`: apply the recipe and write the debiased subset, partition by partition.
 
-Kept: no text found, CLIP score > recipe.min_clip_score, aesthetic > recipe.min_aesthetic,
-kept by dedup. Every other decided row goes to `rejects` (stage `publish`) with the first
-rule it breaks. The subset has the dataset card's columns plus `part`, the partition
+Kept: passes the text rule of recipe.text_policy (default: no text found), CLIP score >
+recipe.min_clip_score, aesthetic > recipe.min_aesthetic, kept by dedup. Every other
+decided row goes to `rejects` (stage `publish`) with the first rule it breaks (the text
+rule's reason: text_found, parrot_caption or text_dominant; jobs/recipe.py).
+The subset has the dataset card's columns plus `part`, the partition
 column: `kmeans // publish.clusters_per_partition`. Each partition is one Delta commit
 (replaceWhere on its `part`) tagged with a signature of the inputs, so after a crash a
 re-run skips the finished partitions and rewrites the others: no row twice, none lost.
@@ -118,7 +120,8 @@ def run(spark: SparkSession, cfg: Config) -> PublishReport:
 def _publish(lake: Lake, cfg: Config, rows: DataFrame, sig: str, table: str) -> PublishReport:
     lake.replace_rejects(STAGE, reject_rows(
         rows.where(F.col("reason").isNotNull()), STAGE, "reason",
-        record=("url", "text", "ocr_box_count", "clip_score", "aesthetic_score", "kmeans")))
+        record=("url", "text", "ocr_box_count", "clip_score", "masked_clip_score",
+                "aesthetic_score", "kmeans")))
     keep = subset_columns(rows.where(F.col("reason").isNull()),
                           cfg.publish.clusters_per_partition)
     parts = sorted(r["part"] for r in keep.select("part").distinct().collect())

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import Config
 from jobs.lake import Lake
+from jobs.recipe import TEXT_REASONS
 from jobs.stages import Stage
 from udfs.storage import is_remote, join
 
@@ -65,8 +66,9 @@ def contact_sheet(lake: Lake, per_group: int) -> pd.DataFrame:
     """Thumbnails: images removed for text next to kept ones (stable pick by id hash)."""
     if not (lake.exists("rejects") and lake.exists("subset") and lake.exists("images")):
         return pd.DataFrame(columns=["sample_id", "group", "caption", "image"])
-    removed = lake.read("rejects").where(
-        (F.col("stage") == "publish") & (F.col("reason") == "text_found")).select("sample_id")
+    for_text = F.col("reason").isin(*TEXT_REASONS.values())  # under any text policy
+    removed = lake.read("rejects").where((F.col("stage") == "publish") & for_text).select(
+        "sample_id")
     kept = lake.read("subset").select(F.col("SAMPLE_ID").alias("sample_id"))
     images = lake.read("images").select("sample_id", "image")
     captions = lake.read("metadata").select("sample_id", F.col("text").alias("caption"))
@@ -93,6 +95,8 @@ def parrot_sections(lake: Lake, cfg: Config) -> dict[str, object]:
     out["parrot_summary"] = summary.rename(columns={"measure": "name"})
     out["clip_by_text"] = _table(lake, "clip_by_text", ["group", "mean", "std"])
     out["cluster_ocr"] = _table(lake, "cluster_ocr", ["kmeans", "ocr_type", "rows"])
+    if lake.exists("policy_counts"):
+        out["policy_counts"] = lake.read("policy_counts").toPandas()
     if lake.exists("parrot"):
         text = lake.read("parrot").where(F.col("ocr_type") != "no_text")
         out["cotr_hist"] = histogram(text, "cotr", rc.cotr_bins, lo=0.0, hi=1.0)

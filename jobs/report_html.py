@@ -72,6 +72,7 @@ class ReportData:
     contact_sheet: sample_id, group ('removed_text' | 'kept'), caption, image (encoded bytes).
     sync_scores: model, style, score (per-word Sync. Scores) or None; sync_summary: any
         columns (e.g. model, vocabulary, mean, std) or None.
+    policy_counts: policy, kept, rejected, ... (rows each recipe.text_policy keeps) or None.
     """
 
     title: str = "deparrot report"
@@ -94,6 +95,7 @@ class ReportData:
     )
     sync_scores: pd.DataFrame | None = None
     sync_summary: pd.DataFrame | None = None
+    policy_counts: pd.DataFrame | None = None
     top_clusters: int = TOP_CLUSTERS
 
 
@@ -355,6 +357,9 @@ def _sec_parrot(data: ReportData, out: Path) -> str:
         parts.append(_img(_save_figure(out, "cotr_hist", draw), "CoTR histogram"))
     parts.append("<h3>CLIP score by text presence, across clusters (paper Table 2)</h3>")
     parts.append(_table(data.clip_by_text))
+    if not _empty(data.policy_counts):
+        parts.append("<h3>Text policies (recipe.text_policy), before dedup</h3>")
+        parts.append(_table(data.policy_counts))
     return _section("parrot", "Parrot captions", "\n".join(parts))
 
 

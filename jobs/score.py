@@ -49,6 +49,10 @@ SCORES_SCHEMA = T.StructType([
     T.StructField("has_text", T.BooleanType(), True),
     T.StructField("clip_score", T.DoubleType(), True),  # cosine(image, caption), ViT-B/32
     T.StructField("clip_score_source", T.StringType(), True),  # computed | metadata
+    # T-MARS: cosine(image with its OCR boxes masked, caption); clip_score when the image
+    # has no boxes; null on error rows, with score.masked_clip_score off, and in rows
+    # scored before the column existed.
+    T.StructField("masked_clip_score", T.DoubleType(), True),
     T.StructField("aesthetic_score", T.DoubleType(), True),
     T.StructField("aesthetic_source", T.StringType(), True),
     T.StructField("image_embedding", T.ArrayType(T.FloatType()), True),  # B/32, unit norm

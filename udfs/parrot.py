@@ -143,6 +143,18 @@ def cotr(cap: set[str], ocr: set[str]) -> float:
     return len(cap & ocr) / len(cap)
 
 
+def cotr_normalised(caption: str | None, ocr_text: str | None) -> float:
+    """`cotr_norm` of one pair: CoTR over `words_normalised` of both sides."""
+    return cotr(set(words_normalised(caption)), set(words_normalised(ocr_text)))
+
+
+def cotr_norm_series(captions: pd.Series, ocr_texts: pd.Series) -> pd.Series:
+    """`cotr_normalised` over two aligned Series (a pandas UDF body); None/NaN = no words."""
+    values = [cotr_normalised(_opt_str(c), _opt_str(o))
+              for c, o in zip(captions, ocr_texts, strict=True)]
+    return pd.Series(values, index=captions.index, dtype="float64")
+
+
 def _fuzzy_matches(cap: set[str], ocr: set[str], settings: ParrotSettings) -> int:
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
@@ -207,7 +219,7 @@ def measure(
         "cap_word_count": len(cap_x),
         "ocr_word_count": len(ocr_x),
         "cotr": exact,
-        "cotr_norm": cotr(cap_n, ocr_n),
+        "cotr_norm": cotr(cap_n, ocr_n),  # = cotr_normalised(caption, ocr_text)
         "cotr_fuzzy": fuzzy_cotr(cap_n, ocr_n, settings),
         "parrots": exact > 0,
         "ocr_type": _ocr_type(has_text, ocr_n, overlap),

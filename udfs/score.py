@@ -10,6 +10,10 @@ thread pool while the current one runs on the GPU; every decoded image goes to t
 once (pinned host memory, non-blocking copies) and that copy feeds the OCR detector's
 and both CLIP towers' preprocessing, which run on the GPU too.
 
+T-MARS: images with OCR boxes go through B/32 a second time with the boxes masked
+(udfs/masking.py, on the same decoded array), scored against the caption embedding the
+CLIP score computed anyway: `masked_clip_score`, which recipe.text_policy `tmars` reads.
+
 The text rule: an image has text when recognition reads at least one letter or digit
 with confidence >= `text_min_confidence` in one of its boxes. Boxes read as nothing or as
 punctuation only stay in `ocr_boxes` but do not count. With `recognize: none`
@@ -30,14 +34,15 @@ import pandas as pd
 
 from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
+from udfs.masking import MASK_METHODS, mask_text
 from udfs.ocr import DEFAULT_SPOTTER, DEFAULT_TEXT_MIN_CONFIDENCE, check_spotter_path, reads_text
 from udfs.resize import remove_border
 from udfs.worker_cache import worker_cached
 
 SCORE_FIELDS = (
     "sample_id", "status", "error", "ocr_box_count", "ocr_text_area", "ocr_text", "ocr_boxes",
-    "has_text", "clip_score", "clip_score_source", "aesthetic_score", "aesthetic_source",
-    "image_embedding", "retryable",
+    "has_text", "clip_score", "clip_score_source", "masked_clip_score", "aesthetic_score",
+    "aesthetic_source", "image_embedding", "retryable",
 )
 # Out of memory or a lost device: the image is fine, the moment was not. Such batches are
 # split and retried; what still fails fails the task (Spark retries it) or, on the task's
@@ -113,6 +118,11 @@ class ScoreSettings:
     # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
+    # T-MARS (recipe.text_policy: tmars): CLIP score of the image with its OCR boxes
+    # masked, against the caption. One more B/32 image forward, only for images with
+    # boxes; images without boxes get clip_score. text_mask: mean | inpaint (udfs/masking).
+    masked_clip_score: bool = True
+    text_mask: str = "mean"
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Undo img2dataset's `border` padding (from the recorded original size) before the
     # models see the image: LAION's similarity and the 0.3 threshold come from CLIP on
@@ -125,6 +135,9 @@ class ScoreSettings:
         if not 0.0 <= self.text_min_confidence <= 1.0:
             raise ValueError(
                 f"text_min_confidence must be in [0, 1], got {self.text_min_confidence!r}")
+        if self.text_mask not in MASK_METHODS:
+            raise ValueError(f"text_mask must be one of {', '.join(MASK_METHODS)}, "
+                             f"got {self.text_mask!r}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
         at_least(self, 1, "batch_size", "max_pixels")
@@ -228,7 +241,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
                  s: ScoreSettings, laps: dict[str, float] | None = None) -> list[dict]:
     """Score decoded RGB arrays; raises if any model fails (the caller isolates).
 
-    `laps`, when given, accumulates wall seconds per phase (upload, ocr, b32, l14, rows).
+    `laps`, when given, accumulates wall seconds per phase (upload, ocr, b32, masked, l14, rows).
     """
     from udfs import aesthetic, clip_models
 
@@ -244,13 +257,19 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
                                         device_images=dev_images)
     sims: list[float | None] = list(given_sim) if s.reuse_similarity else [None] * len(ids)
     need_text = [i for i, v in enumerate(sims) if v is None]
+    boxed = [i for i, r in enumerate(ocr) if r.box_count > 0] if s.masked_clip_score else []
+    encode = sorted(set(need_text) | set(boxed))  # each caption encoded once
+    txt = clip_models.encode_texts(m.b32, [texts[i] for i in encode],
+                                   batch_size=s.batch_size) if encode else None
+    txt_row = {i: j for j, i in enumerate(encode)}
     if need_text:
-        txt = clip_models.encode_texts(m.b32, [texts[i] for i in need_text],
-                                       batch_size=s.batch_size)
-        computed = clip_models.clip_scores(img_emb[need_text], txt)
+        computed = clip_models.clip_scores(img_emb[need_text],
+                                           txt[[txt_row[i] for i in need_text]])
         for i, v in zip(need_text, computed, strict=True):
             sims[i] = float(v)
     lap("b32")
+    masked = masked_scores(m, arrays, ocr, sims, boxed, txt, txt_row, s)
+    lap("masked")
     aes: list[float | None] = list(given_aes) if s.reuse_aesthetic else [None] * len(ids)
     need_aes = [i for i, v in enumerate(aes) if v is None]
     if need_aes:
@@ -277,6 +296,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
             "has_text": has_text(r, s, recognized),
             "clip_score": sims[k],
             "clip_score_source": "computed" if k in text_done else "metadata",
+            "masked_clip_score": masked[k],
             "aesthetic_score": aes[k],
             "aesthetic_source": "computed" if k in aes_done else "metadata",
             # A float32 array: Arrow converts it without a Python float per element.
@@ -285,6 +305,27 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
         })
     lap("rows")
     return rows
+
+
+def masked_scores(m: Models, arrays: list[np.ndarray], ocr: list, sims: list[float | None],
+                  boxed: list[int], txt: np.ndarray | None, txt_row: dict[int, int],
+                  s: ScoreSettings) -> list[float | None]:
+    """T-MARS scores: B/32 on each boxed image with its boxes masked, against the caption
+    embeddings already computed (`txt`, row `txt_row[i]` for image i); clip_score for
+    images without boxes; all None when `s.masked_clip_score` is off."""
+    from udfs import clip_models
+
+    if not s.masked_clip_score:
+        return [None] * len(arrays)
+    out = list(sims)
+    if boxed:
+        views = [mask_text(arrays[i], [b.polygon for b in ocr[i].boxes], s.text_mask)
+                 for i in boxed]
+        emb = clip_models.encode_images(m.b32, views, batch_size=s.batch_size)
+        scores = clip_models.clip_scores(emb, txt[[txt_row[i] for i in boxed]])
+        for i, v in zip(boxed, scores, strict=True):
+            out[i] = float(v)
+    return out
 
 
 @dataclass

@@ -61,3 +61,28 @@ def test_every_shipped_config_loads(name):
 def test_settings_that_cannot_work_are_config_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("recipe.text_policy=ocr",
+     "recipe.text_policy must be one of any_text, parrots, tmars, got 'ocr'"),
+    ("recipe.max_cotr=1.5", "recipe.max_cotr must be in [0, 1], got 1.5"),
+    ("recipe.min_masked_clip_score=2", "recipe.min_masked_clip_score must be in [-1, 1]"),
+    ("score.text_mask=blur", "score.text_mask must be one of mean, inpaint, got 'blur'"),
+    ("score.masked_clip_score=maybe", "score.masked_clip_score must be true or false"),
+])
+def test_text_policy_settings_are_checked_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_text_policy_defaults_and_overrides():
+    cfg = load_config(None)
+    assert (cfg.recipe.text_policy, cfg.recipe.max_cotr, cfg.recipe.min_masked_clip_score,
+            cfg.score.masked_clip_score, cfg.score.text_mask) == (
+        "any_text", 0.0, cfg.recipe.min_clip_score, True, "mean")
+    cfg = load_config(None, ["recipe.text_policy=tmars", "recipe.min_masked_clip_score=0.25",
+                             "score.text_mask=inpaint"])
+    assert (cfg.recipe.text_policy, cfg.recipe.min_masked_clip_score) == ("tmars", 0.25)
+    assert cfg.score.settings().text_mask == "inpaint"  # reaches the executors

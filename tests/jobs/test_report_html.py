@@ -195,3 +195,15 @@ def test_cluster_ocr_keeps_top_clusters(tmp_path: Path):
     assert len(shares) == 20 and shares.index[0] == 24 and shares.index[-1] == 5
     assert list(shares.columns) == ["no_text", "text_no_overlap", "co_emb"]
     assert shares.loc[24].tolist() == pytest.approx([0.5, 0.2, 0.3])
+
+
+def test_policy_counts_table_shows_only_when_present(tmp_path: Path):
+    data = ReportData(policy_counts=pd.DataFrame({
+        "policy": ["any_text", "parrots", "tmars"], "kept": [3, 6, 5],
+        "rejected": [6, 3, 4], "rejected_text": [5, 2, 3],
+        "share_kept": [3 / 9, 6 / 9, 5 / 9]}))
+    page = write_report(data, tmp_path / "with").read_text(encoding="utf-8")
+    assert "Text policies" in page
+    assert "<td>parrots</td><td>6</td><td>3</td><td>2</td><td>0.6667</td>" in page
+    page = write_report(ReportData(), tmp_path / "without").read_text(encoding="utf-8")
+    assert "Text policies" not in page

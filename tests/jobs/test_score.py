@@ -4,6 +4,7 @@ import io
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs import score
 from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
@@ -76,6 +77,11 @@ def test_score_stage_through_spark(spark, scored_inputs, tmp_path):
     assert got[3]["aesthetic_source"] == "computed"
     emb = np.array(got[3]["image_embedding"])
     assert emb.shape == (32,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    # T-MARS: masked scores where boxes were found (computed even when the clip score is
+    # LAION's), the clip score itself where none were, null on the error row.
+    assert -1 <= got[1]["masked_clip_score"] <= 1 and got[1]["masked_clip_score"] != 0.33
+    assert got[3]["masked_clip_score"] == got[3]["clip_score"]
+    assert got[5]["status"] == "error" and got[5]["masked_clip_score"] is None
     rejects = lake.read("rejects").where("stage = 'score'").collect()
     assert [(r["sample_id"], r["reason"]) for r in rejects] == [(5, "decode:decode_error")]
     props = {r["key"]: r["value"] for r in
@@ -399,3 +405,30 @@ def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
     ids = [r["sample_id"] for r in lake.read("scores").collect()]
     assert sorted(ids) == [1, 2, 3, 4, 5]
     assert not scratch.exists() or not list(scratch.iterdir())
+
+
+def test_a_scores_table_from_before_masked_clip_score_gets_the_column(spark, cfg):
+    from jobs.recipe import joined
+
+    lake = Lake(spark, cfg)
+    old = T.StructType([f for f in score.TABLE_SCHEMA.fields
+                        if f.name != "masked_clip_score"])
+    lake.ensure("scores", old)
+    spark.createDataFrame([(1, "ok", 2, True, "SALE", 0.4)],
+                          "sample_id long, status string, ocr_box_count int, has_text boolean, "
+                          "ocr_text string, clip_score double").writeTo(
+        lake.ref("scores").name).append()
+    for key, schema in (("metadata", METADATA_SCHEMA), ("images", IMAGES_TABLE)):
+        lake.ensure(key, schema)
+    spark.createDataFrame([(1, 0, 0.0, "x")], "sample_id long, kmeans long, "
+                          "kmeans_distance float, centroids_sha1 string").write.format(
+        "delta").save(lake.ref("clusters").path)
+    spark.createDataFrame([(1, "http://x.example/1", "a sale", "laion400m", "f", 1)],
+                          "sample_id long, url string, text string, family string, "
+                          "source_file string, source_row long").writeTo(
+        lake.ref("metadata").name).append()
+    # The recipe reads an old table as it is (no masked score yet) ...
+    assert joined(lake).first()["masked_clip_score"] is None
+    score.add_missing_columns(lake)  # ... and the score stage migrates it.
+    assert "masked_clip_score" in lake.read("scores").columns
+    assert lake.read("scores").first()["masked_clip_score"] is None

@@ -256,3 +256,63 @@ def test_per_image_results_do_not_depend_on_batches_order_or_chunks():
             assert [b["polygon"] for b in row["ocr_boxes"]] == \
                 [b["polygon"] for b in want["ocr_boxes"]], (name, sid)
             assert abs(row["clip_score"] - want["clip_score"]) < 1e-5, (name, sid)
+
+
+def _poster_sign_photo() -> list[np.ndarray]:
+    """A poster (its text is the whole picture), a photo with a small sign, a plain photo."""
+    from PIL import ImageDraw, ImageFont
+
+    from jobs.sample import photo_image, text_image
+
+    rng = np.random.default_rng(21)
+    poster = text_image(rng, 256, "GRAND OPENING")
+    sign = photo_image(rng, 256)
+    draw = ImageDraw.Draw(sign)
+    draw.rectangle([150, 190, 240, 226], fill=(20, 20, 25))
+    draw.text((156, 194), "EXIT", font=ImageFont.load_default(size=26), fill=(245, 245, 240))
+    return [np.asarray(img.convert("RGB")) for img in (poster, sign, photo_image(rng, 256))]
+
+
+def test_masked_clip_score_is_the_clip_score_of_the_masked_image():
+    """Real OCR boxes; the masked score equals B/32 on the explicitly masked pixels."""
+    from udfs.masking import mask_text
+    from udfs.parrot import cotr_normalised
+
+    arrays = _poster_sign_photo()
+    captions = ["grand opening", "a street with an exit sign", "a photo of a forest"]
+    s = _settings(spotter="batched", reuse_aesthetic=True)
+    rows = score.score_images([1, 2, 3], arrays, captions, [None] * 3, [5.0] * 3, s)
+    assert [r["ocr_box_count"] > 0 for r in rows] == [True, True, False]
+    assert rows[1]["ocr_text_area"] < 0.1 < rows[0]["ocr_text_area"]  # a small sign
+    b32 = score.models_for(s).b32
+    for row, arr, caption in zip(rows[:2], arrays[:2], captions[:2], strict=True):
+        masked = mask_text(arr, [b["polygon"] for b in row["ocr_boxes"]], s.text_mask)
+        assert (masked != arr).any()
+        want = cm.clip_scores(cm.encode_images(b32, [masked]), cm.encode_texts(b32, [caption]))
+        assert row["masked_clip_score"] == pytest.approx(float(want[0]), abs=1e-5)
+        assert row["masked_clip_score"] != pytest.approx(row["clip_score"], abs=1e-7)
+    assert rows[2]["masked_clip_score"] == rows[2]["clip_score"]  # no boxes: unmasked
+    # The poster's caption repeats its text (the parrots policy's measure); the photo's not.
+    assert "OPENING" in rows[0]["ocr_text"].upper()
+    assert cotr_normalised(captions[0], rows[0]["ocr_text"]) > 0
+    assert cotr_normalised("a photo of a forest", rows[0]["ocr_text"]) == 0
+
+    off = score.score_images([1, 2, 3], arrays, captions, [None] * 3, [5.0] * 3,
+                             dataclasses.replace(s, masked_clip_score=False))
+    assert [r["masked_clip_score"] for r in off] == [None] * 3
+    assert [r["clip_score"] for r in off] == pytest.approx([r["clip_score"] for r in rows],
+                                                           abs=1e-6)
+
+
+def test_masked_clip_score_with_reused_similarity_and_on_error_rows():
+    """LAION's similarity reused: the caption is still encoded for the masked score;
+    an undecodable image's row has none."""
+    frame = _frame(_images(2))
+    s = _settings(spotter=f"{__name__}:ReadingSpotter", spotter_options={"reads": ["A"]},
+                  reuse_similarity=True)
+    frame["similarity"] = [0.31, 0.32, None]
+    rows = {r["sample_id"]: r for f in score.score_batches(iter([frame]), s)
+            for r in f.to_dict("records")}
+    assert [rows[i]["clip_score"] for i in (1, 2)] == [0.31, 0.32]
+    assert all(-1 <= rows[i]["masked_clip_score"] <= 1 for i in (1, 2))
+    assert rows[3]["status"] == "error" and pd.isna(rows[3]["masked_clip_score"])  # null
