@@ -234,7 +234,8 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
                           lake.read("ngrams").groupBy("vocab").count().collect()}
     if cfg.analyze.export_dir:
         report.csv = export_csv(lake, cfg.shared(cfg.analyze.export_dir))
-    if text_policy.write_policy_counts(lake, cfg):  # rows each recipe.text_policy keeps
+    # Rows each recipe.text_policy keeps; the parrot table has their CoTR already.
+    if text_policy.write_policy_counts(lake, cfg, lake.read("parrot")):
         report.tables["policy_counts"] = lake.ref("policy_counts").name
     return report
 

@@ -9,21 +9,30 @@ CLIP score, aesthetics) and before dedup, which only ran under the configured po
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import TEXT_POLICIES, Config, RecipeConfig
 from jobs.lake import Lake
-from jobs.recipe import caption_cotr, decided, filter_reason, joined, text_reason
+from jobs.recipe import (
+    caption_cotr,
+    decided,
+    filter_reason,
+    joined,
+    text_found,
+    text_reason,
+)
 
 INPUTS = ("metadata", "images", "scores", "clusters")
 
 
-def policy_counts(rows: DataFrame, recipe: RecipeConfig) -> DataFrame:
+def policy_counts(rows: DataFrame, recipe: RecipeConfig,
+                  cotr: Column | None = None) -> DataFrame:
     """(policy, kept, rejected, rejected_text, share_kept) for every policy, in one
     aggregation over decided `rows` (recipe.joined columns). `rejected_text`: rows the
-    policy's own text rule rejects."""
-    with_cotr = rows.withColumn("_cotr", caption_cotr(recipe))  # the one Python pass
+    policy's own text rule rejects. `cotr`: the rows' normalised CoTR when known already
+    (analyze has it in the parrot table); else computed (a Python pass over text rows)."""
+    with_cotr = rows.withColumn("_cotr", caption_cotr(recipe) if cotr is None else cotr)
     cotr = F.col("_cotr")
     reasons = with_cotr.select(
         *[filter_reason(recipe, p, cotr).alias(f"{p}_reason") for p in TEXT_POLICIES],
@@ -42,10 +51,17 @@ def policy_counts(rows: DataFrame, recipe: RecipeConfig) -> DataFrame:
     return totals.select(F.explode(F.array(*structs)).alias("c")).select("c.*")
 
 
-def write_policy_counts(lake: Lake, cfg: Config) -> bool:
+def write_policy_counts(lake: Lake, cfg: Config, parrot: DataFrame | None = None) -> bool:
     """Overwrite `policy_counts` when the recipe's inputs exist; False when they do not
-    (analyze also runs before cluster-assign)."""
+    (analyze also runs before cluster-assign). With `parrot` (analyze's table) its
+    `cotr_norm` is reused, so analyze stays one Python pass over the rows."""
     if not all(lake.exists(k) for k in INPUTS):
         return False
-    lake.overwrite("policy_counts", policy_counts(joined(lake).where(decided()), cfg.recipe))
+    rows, cotr = joined(lake).where(decided()), None
+    if parrot is not None:
+        rows = rows.join(parrot.select("sample_id", F.col("cotr_norm").alias("_parrot_cotr")),
+                         "sample_id", "left")
+        cotr = F.when(text_found(cfg.recipe), F.coalesce("_parrot_cotr", F.lit(0.0))
+                      ).otherwise(F.lit(0.0))
+    lake.overwrite("policy_counts", policy_counts(rows, cfg.recipe, cotr).drop("_parrot_cotr"))
     return True

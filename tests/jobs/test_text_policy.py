@@ -110,3 +110,11 @@ def test_policy_counts_compare_every_policy_in_one_table(spark, tables):
         assert got[policy] == {"policy": policy, "kept": len(before_dedup),
                                "rejected": n - len(before_dedup), "rejected_text": text,
                                "share_kept": pytest.approx(len(before_dedup) / n)}
+
+    # analyze passes its parrot table: the same counts from its CoTR, no second pass.
+    from jobs import analyze
+
+    parrot = analyze.parrot_rows(analyze.measures(analyze.captions(lake), tables))
+    assert text_policy.write_policy_counts(lake, tables, parrot)
+    again = {r["policy"]: r.asDict() for r in lake.read("policy_counts").collect()}
+    assert again == got
