@@ -41,7 +41,7 @@ class DedupResult:
     max_sim: np.ndarray  # float32, highest cosine to another row; NaN when none >= threshold
 
 
-def _normalise(embeddings: np.ndarray) -> np.ndarray:
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
     """Unit rows in float32 so inner product is cosine; all-zero rows stay zero (no links)."""
     x = np.array(embeddings, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -150,7 +150,7 @@ def find_near_duplicates(
     if np.unique(ids).shape[0] != n:
         raise ValueError("ids must be unique within the group being deduplicated")
 
-    labels, max_sim = _components(_normalise(emb), threshold, block_size)
+    labels, max_sim = _components(unit_rows(emb), threshold, block_size)
 
     # Sort by (component, -score, id): the first row of each component is its keeper.
     order = np.lexsort((ids, -s, labels))

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from udfs.clustering.faiss_runtime import faiss_module, faiss_threads
+from udfs.dedup import unit_rows
 
 # faiss warns below 39 training points per centroid; 64 keeps every centroid well fed.
 SAMPLE_ROWS_PER_PART = 64
@@ -31,14 +32,6 @@ def parts_for(rows: int, cap: int) -> int:
 def sample_fraction(rows: int, parts: int) -> float:
     """Share of a group's rows that trains its sub-centroids (SAMPLE_ROWS_PER_PART each)."""
     return min(1.0, SAMPLE_ROWS_PER_PART * parts / max(rows, 1))
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 rows of unit length (zero rows stay zero): cosine is the inner product."""
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 def train_subcentroids(ids: np.ndarray, embeddings: np.ndarray, parts: int,
