@@ -394,6 +394,55 @@ class SampleConfig:
     images: bool = True
     # Parquet files to split the metadata into.
     files: int = 2
+    # laion: the recipe's cases (jobs/sample.py); miniature: visual, parrot and mixed
+    # pairs where reading is learnable (jobs/miniature_world.py).
+    kind: str = "laion"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("laion", "miniature"):
+            raise ValueError(f"kind must be laion or miniature, got {self.kind!r}")
+
+
+@dataclass
+class MiniatureConfig:
+    """`deparrot miniature` (jobs/miniature.py): the paper's effect on a generated world."""
+
+    out: str = "data/miniature"  # its world, lake, shards, checkpoints: a local folder
+    rows: int = 1600  # pairs in the world
+    parrot_share: float = 0.3  # the caption is the word printed in the image
+    mixed_share: float = 0.2  # a small sign the caption ignores
+    image_size: int = 128  # of the generated images (the model sees model_input px)
+    samples: int = 40_000  # samples every training run sees
+    quick_rows: int = 1200  # --quick
+    quick_samples: int = 24_000
+    model: str = "deparrot-mini-rn"  # udfs/clip_models.py MINI_READER_CONFIG
+    model_input: int = 64
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 20
+    policies: list[str] = field(default_factory=lambda: list(TEXT_POLICIES))
+    seed: int = 0
+    eval_per_class: int = 4  # held-out visual images per visual caption
+    font_path: str = ""  # for the rendered words; "" = matplotlib's DejaVu Sans Bold
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "rows", "samples", "quick_rows", "quick_samples", "batch_size",
+                 "eval_per_class", "model_input", "image_size")
+        within(self, 0.0, 1.0, "parrot_share")
+        within(self, 0.0, 1.0, "mixed_share")
+        if self.parrot_share + self.mixed_share > 1.0:
+            raise ValueError("parrot_share + mixed_share must be at most 1")
+        unknown = [p for p in self.policies if p not in TEXT_POLICIES]
+        if unknown or not self.policies:
+            raise ValueError(f"policies must be some of {', '.join(TEXT_POLICIES)}, "
+                             f"got {self.policies}")
+
+    def render_font(self) -> str:
+        if self.font_path:
+            return self.font_path
+        import matplotlib
+
+        return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans-Bold.ttf")
 
 
 @dataclass
@@ -413,6 +462,7 @@ class Config:
     sync_score: SyncScoreConfig = field(default_factory=SyncScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    miniature: MiniatureConfig = field(default_factory=MiniatureConfig)
 
     def shared(self, path: str) -> str:
         """A configured file location on shared storage: absolute paths and URIs as they

@@ -148,6 +148,7 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
                     "min_aesthetic": cfg.recipe.min_aesthetic},
         contact_sheet=contact_sheet(lake, cfg.report.contact_sheet),
         top_clusters=cfg.report.top_clusters,
+        training_runs=training_runs(lake),
         **funnel_sections(lake), **parrot_sections(lake, cfg), **sync_sections(lake))
     if lake.exists("clusters"):
         data.cluster_sizes = lake.read("clusters").groupBy("kmeans").agg(
@@ -158,6 +159,20 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
     where = str(page) if not is_remote(out) else join(out, "index.html")
     print(f"report: {where}")
     return ReportReport(path=where, figures=len(figures))
+
+
+TRAINING_COLUMNS = ("run_name", "dataset", "pairs", "train_num_samples", "final_epoch",
+                    "loss_end", "sync_score", "sync_gap", "read_top1", "visual_top1")
+
+
+def training_runs(lake: Lake) -> pd.DataFrame | None:
+    """The latest row of each training run (a run resumed twice has three rows)."""
+    if not lake.exists("training_runs"):
+        return None
+    df = lake.read("training_runs")
+    latest = df.groupBy("run_name").agg(F.max("finished_at").alias("finished_at"))
+    rows = df.join(latest, ["run_name", "finished_at"]).orderBy("started_at")
+    return rows.select(*[c for c in TRAINING_COLUMNS if c in df.columns]).toPandas()
 
 
 def sync_sections(lake: Lake) -> dict[str, pd.DataFrame]:

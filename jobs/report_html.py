@@ -73,6 +73,8 @@ class ReportData:
     sync_scores: model, style, score (per-word Sync. Scores) or None; sync_summary: any
         columns (e.g. model, vocabulary, mean, std) or None.
     policy_counts: policy, kept, rejected, ... (rows each recipe.text_policy keeps) or None.
+    training_runs: run_name, dataset, pairs, train_num_samples, loss_end and the evaluated
+        metrics (sync_score, sync_gap, read_top1, visual_top1), one row per run, or None.
     """
 
     title: str = "deparrot report"
@@ -96,6 +98,7 @@ class ReportData:
     sync_scores: pd.DataFrame | None = None
     sync_summary: pd.DataFrame | None = None
     policy_counts: pd.DataFrame | None = None
+    training_runs: pd.DataFrame | None = None
     top_clusters: int = TOP_CLUSTERS
 
 
@@ -272,6 +275,26 @@ def _fig_sync(ax: Any, scores: pd.DataFrame, model: str) -> None:
     ax.set_title(f"Sync. Score: {_label(model)}", parse_math=False)
 
 
+TRAINING_METRICS = {"read_top1": "read top-1 (rendered word -> its word)",
+                    "sync_gap": "sync gap (own word - other words)",
+                    "visual_top1": "visual top-1 (held-out visual images)"}
+
+
+def _fig_training_runs(ax: Any, runs: pd.DataFrame) -> None:
+    """Grouped bars: does each run's model read, and does it still see?"""
+    metrics = [m for m in TRAINING_METRICS if runs[m].notna().any()]
+    x = np.arange(len(runs))
+    width = 0.8 / max(1, len(metrics))
+    for i, metric in enumerate(metrics):
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, runs[metric].astype(float), width,
+               label=TRAINING_METRICS[metric])
+    ax.set_xticks(x, [_label(n) for n in runs["run_name"]])
+    ax.axhline(0, color="#444", linewidth=0.8)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    ax.set_title("Training runs: reading vs seeing")
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -392,6 +415,19 @@ def _sec_sync(data: ReportData, out: Path) -> str:
     return _section("sync", "Sync. Score", "\n".join(parts))
 
 
+def _sec_training(data: ReportData, out: Path) -> str:
+    if _empty(data.training_runs):
+        return _section("training", "Training runs", _no_data("training runs"))
+    runs = data.training_runs
+    parts = []
+    if any(m in runs and runs[m].notna().any() for m in TRAINING_METRICS):
+        shown = runs[[c for c in ("run_name", *TRAINING_METRICS) if c in runs]].fillna(np.nan)
+        fig = _save_figure(out, "training_runs", partial(_fig_training_runs, runs=shown))
+        parts.append(_img(fig, "training runs: reading and seeing"))
+    parts.append(_table(runs))
+    return _section("training", "Training runs", "\n".join(parts))
+
+
 def _thumbnail(image: Any) -> bytes | None:
     """A small JPEG of untrusted image bytes, or None when they do not decode safely."""
     from PIL import Image
@@ -469,6 +505,7 @@ _NAV = [
     ("ngrams", "N-grams"),
     ("contact", "Contact sheet"),
     ("sync", "Sync. Score"),
+    ("training", "Training runs"),
 ]
 
 
@@ -486,6 +523,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         _sec_ngrams(data, out_dir),
         _sec_contact(data, out_dir),
         _sec_sync(data, out_dir),
+        _sec_training(data, out_dir),
     ]
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

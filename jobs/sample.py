@@ -126,6 +126,10 @@ def _plan(rows: int, rng: np.random.Generator) -> list[str]:
 
 def generate(cfg: SampleConfig) -> SampleSummary:
     """Write the sample under cfg.out; deterministic for a given cfg.seed."""
+    if cfg.kind == "miniature":
+        from jobs.miniature_world import generate_world
+
+        return generate_world(cfg)
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out)
     (out / "metadata").mkdir(parents=True, exist_ok=True)

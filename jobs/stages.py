@@ -29,6 +29,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "jobs.sql",
     "jobs.export",
     "jobs.train",
+    "jobs.miniature",
     "jobs.pipeline",
     "jobs.demo",
 )

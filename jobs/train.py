@@ -35,6 +35,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,7 +77,16 @@ TRAINING_RUNS_SCHEMA = T.StructType([
     T.StructField("sync_words", T.IntegerType(), True),
     T.StructField("started_at", T.TimestampType(), True),
     T.StructField("finished_at", T.TimestampType(), True),
+    # Filled by an `evaluate` hook (the miniature experiment, jobs/miniature.py): which
+    # dataset the run trained on, its pairs, and whether the model reads and sees.
+    T.StructField("dataset", T.StringType(), True),
+    T.StructField("pairs", T.LongType(), True),
+    T.StructField("sync_gap", T.DoubleType(), True),
+    T.StructField("read_top1", T.DoubleType(), True),
+    T.StructField("visual_top1", T.DoubleType(), True),
 ])
+# What an evaluate hook may fill in (sync_score too: it then replaces train.sync_words').
+EVALUATED = ("dataset", "pairs", "sync_score", "sync_gap", "read_top1", "visual_top1")
 
 
 @dataclass
@@ -96,6 +106,7 @@ class TrainReport:
     sync_score: float | None = None
     seconds: float = 0.0
     log: str = ""
+    evaluated: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -321,11 +332,18 @@ def record_run(spark: SparkSession, cfg: Config, row: dict[str, Any]) -> None:
     """Append one row to the training_runs table."""
     lake = Lake(spark, cfg)
     ref = lake.ensure("training_runs", TRAINING_RUNS_SCHEMA)
-    spark.createDataFrame([row], TRAINING_RUNS_SCHEMA).writeTo(ref.name).append()
+    row = {name: row.get(name) for name in TRAINING_RUNS_SCHEMA.fieldNames()}
+    # mergeSchema: a table written before the evaluated columns existed gains them.
+    (spark.createDataFrame([row], TRAINING_RUNS_SCHEMA).writeTo(ref.name)
+     .option("mergeSchema", "true").append())
 
 
-def run(spark: SparkSession, cfg: Config) -> TrainReport:
-    """Train (or resume) the configured run, then record it."""
+def run(spark: SparkSession, cfg: Config,
+        evaluate: Callable[[str], dict[str, Any]] | None = None) -> TrainReport:
+    """Train (or resume) the configured run, then record it.
+
+    `evaluate(checkpoint)` returns more columns for the run's row (names in EVALUATED).
+    """
     cfg = on_shared_storage(cfg)
     tc = cfg.train  # launcher and numbers are checked when the config is built
     data = training_data(cfg)
@@ -349,7 +367,14 @@ def run(spark: SparkSession, cfg: Config) -> TrainReport:
         val_loss=val_loss(results, results_offset), sync_score=sync,
         seconds=round(seconds, 1), log=str(log))
     settings = json.dumps({"train": dataclasses.asdict(tc), "argv": argv}, sort_keys=True)
-    record_run(spark, cfg, {
+    evaluated = evaluate(checkpoint) if evaluate and checkpoint else {}
+    unknown = set(evaluated) - set(EVALUATED)
+    if unknown:
+        raise ValueError(f"evaluate returned unknown training_runs columns {sorted(unknown)}")
+    if evaluated.get("sync_score") is not None:
+        report.sync_score = sync = evaluated["sync_score"]
+    report.evaluated = evaluated
+    record_run(spark, cfg, {**evaluated,
         "run_name": tc.name, "model": tc.model, "pretrained": tc.pretrained,
         "launcher": tc.launcher, "num_processes": tc.num_processes,
         "global_batch_size": report.global_batch_size, "train_data": data.train,

@@ -207,3 +207,26 @@ def test_policy_counts_table_shows_only_when_present(tmp_path: Path):
     assert "<td>parrots</td><td>6</td><td>3</td><td>2</td><td>0.6667</td>" in page
     page = write_report(ReportData(), tmp_path / "without").read_text(encoding="utf-8")
     assert "Text policies" not in page
+
+
+def test_training_runs_show_as_a_figure_and_a_table(tmp_path: Path):
+    runs = pd.DataFrame({
+        "run_name": ["raw", EVIL], "dataset": ["raw", "any_text"], "pairs": [1200, 506],
+        "train_num_samples": [24000, 24000], "final_epoch": [1, 1], "loss_end": [1.08, 0.98],
+        "sync_score": [0.65, -0.24], "sync_gap": [0.243, -0.002], "read_top1": [0.28, 0.0625],
+        "visual_top1": [0.886, 0.917]})
+    index = write_report(ReportData(training_runs=runs), tmp_path)
+    page = index.read_text(encoding="utf-8")
+    assert "training_runs.png" in report_figures(page)
+    _check_images(index)
+    assert "<td>0.0625</td>" in page and EVIL not in page and html_escaped(EVIL) in page
+    # Runs without the miniature's metrics (a plain `deparrot train`): a table, no figure.
+    plain = runs.drop(columns=["sync_gap", "read_top1", "visual_top1"])
+    page = write_report(ReportData(training_runs=plain), tmp_path / "plain").read_text("utf-8")
+    assert "Training runs" in page and "training_runs.png" not in report_figures(page)
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)

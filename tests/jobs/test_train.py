@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
+from pyspark.sql import types as T
 
 from jobs import export, train
 from jobs.config import load_config
@@ -168,6 +169,20 @@ def test_one_process_trains_records_and_loads(spark, cfg, tmp_path):
     assert row["checkpoint"] == report.checkpoint and row["sync_score"] is None
     assert json.loads(row["settings"])["train"]["batch_size"] == 8
     assert row["finished_at"] >= row["started_at"]
+    assert row["dataset"] is None and row["read_top1"] is None  # no evaluate hook
+
+
+def test_evaluate_hook_fills_the_run_row_and_old_tables_gain_its_columns(spark, cfg):
+    """A training_runs table from before the evaluated columns gets them on append."""
+    old = T.StructType([f for f in train.TRAINING_RUNS_SCHEMA.fields
+                        if f.name not in train.EVALUATED])
+    Lake(spark, cfg).ensure("training_runs", old)
+    train.record_run(spark, cfg, {"run_name": "old-style"})
+    train.record_run(spark, cfg, {"run_name": "evaluated", "dataset": "raw", "pairs": 12,
+                                  "read_top1": 0.75, "visual_top1": 0.5, "sync_gap": 0.2})
+    rows = {r["run_name"]: r for r in _runs(spark, cfg)}
+    assert rows["evaluated"]["read_top1"] == 0.75 and rows["evaluated"]["pairs"] == 12
+    assert rows["old-style"]["dataset"] is None
 
 
 def test_sync_words_csv(tmp_path):
