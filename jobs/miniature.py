@@ -141,13 +141,18 @@ def train_on(spark: SparkSession, cfg: Config, mc: MiniatureConfig, name: str, s
 
 def evaluator(mc: MiniatureConfig):
     """checkpoint -> reading and seeing metrics of mc.model (built once per run here)."""
-    from jobs.miniature_world import VOCABULARY, visual_classes, visual_eval_set
+    from jobs.miniature_world import (
+        POSTER_FONT_SHARE,
+        VOCABULARY,
+        visual_classes,
+        visual_eval_set,
+    )
     from udfs.clip_models import load_clip
     from udfs.reading_metrics import reading, seeing
     from udfs.render import RenderSettings
 
     size = mc.model_input
-    render = RenderSettings(image_size=size, font_size=max(8, round(size * 0.22)),
+    render = RenderSettings(image_size=size, font_size=round(size * np.mean(POSTER_FONT_SHARE)),
                             font_path=mc.render_font())
     images, labels = visual_eval_set(mc.image_size, mc.eval_per_class, mc.seed)
     arrays = [np.asarray(img, dtype=np.uint8) for img in images]

@@ -51,6 +51,9 @@ PHOTOS = {
 }
 TEXTURES = ("brick.png", "grass.png", "gravel.png")
 KINDS = ("visual", "parrot", "mixed")
+# Poster text height as a share of the image side (font pixels); the metrics render the
+# vocabulary at the middle of this range, the world's own print size.
+POSTER_FONT_SHARE = (0.23, 0.3)
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def _label(img: Image.Image, rng: np.random.Generator, word: str, font_px: int,
 
 def parrot_image(rng: np.random.Generator, size: int, word: str) -> Image.Image:
     """`word` printed large (a poster or sign) on a plain or photographic background."""
-    font_px = int(size * rng.uniform(0.23, 0.3))
+    font_px = int(size * rng.uniform(*POSTER_FONT_SHARE))
     if rng.random() < 0.3:
         # The Sync. Score benchmark's look: one of the paper's four plain styles, centred.
         from udfs.render import STYLES
