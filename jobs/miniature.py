@@ -179,18 +179,19 @@ def kept_by_kind(spark: SparkSession, cfg: Config) -> dict[str, int]:
 
 def curate(spark: SparkSession, cfg: Config, mc: MiniatureConfig, scorer: str
            ) -> dict[str, dict[str, int]]:
-    """Score with `scorer` (the raw checkpoint), cluster, dedup, publish each policy;
+    """Score with `scorer` (the raw checkpoint), cluster; dedup and publish each policy;
     the pairs each policy keeps, by world kind."""
     scored = dataclasses.replace(cfg, score=dataclasses.replace(
         cfg.score, clip_model=mc.model, clip_pretrained=scorer))
     score.run(spark, scored)
     cluster.train(spark, scored)
     cluster.assign(spark, scored)
-    dedup.run(spark, scored)
     kept = {}
     # The paper's policy last, so the lake's rejects table is the default one's.
     for policy in sorted(mc.policies, key=lambda p: p == PAPER_POLICY):
         pc = subset_config(scored, policy)
+        # dedup's candidates follow the policy (its signature includes the recipe).
+        dedup.run(spark, pc)
         publish.run(spark, pc)
         kept[policy] = kept_by_kind(spark, pc)
     return kept
