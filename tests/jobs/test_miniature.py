@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def experiment(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("miniature")
-    cfg = load_config("conf/miniature.yaml", [f"miniature.out={out}"])
+    cfg = load_config("conf/miniature.yaml", [f"miniature.out={out}", "storage.schema=t_miniature"])
     return cfg, miniature.run(spark, cfg, quick=True)
 
 
