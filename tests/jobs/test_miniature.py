@@ -41,16 +41,18 @@ def test_raw_pairs_teach_reading_and_the_paper_subset_does_not(experiment):
 def test_each_policy_keeps_what_it_should_on_the_generated_world(experiment):
     _, report = experiment
     world = report.world
+    # Every kind also meets the recipe's aesthetic cut: the world's metadata aesthetic is
+    # uniform in 4.2-6.5 (as the sample's), so about 13% of each kind goes there.
     any_text, parrots, tmars = (report.kept[p] for p in ("any_text", "parrots", "tmars"))
     # any_text (the paper): no image with text survives, most visual images do.
     assert any_text.get("parrot", 0) == 0 and any_text.get("mixed", 0) <= 0.05 * world["mixed"]
-    assert any_text["visual"] >= 0.8 * world["visual"]
+    assert any_text["visual"] >= 0.7 * world["visual"]
     # parrots: the caption repeats the OCR text -> dropped; a sign the caption ignores stays.
     assert parrots.get("parrot", 0) <= 0.05 * world["parrot"]
-    assert parrots["mixed"] >= 0.8 * world["mixed"]
+    assert parrots["mixed"] >= 0.7 * world["mixed"]
     # tmars: a photo with a small sign keeps its score once the sign is masked; a poster
     # whose caption is its text does not.
-    assert tmars["mixed"] >= 0.8 * world["mixed"]
+    assert tmars["mixed"] >= 0.7 * world["mixed"]
     assert tmars.get("parrot", 0) <= 0.2 * world["parrot"]
 
 
