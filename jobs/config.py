@@ -438,11 +438,9 @@ class MiniatureConfig:
                              f"got {self.policies}")
 
     def render_font(self) -> str:
-        if self.font_path:
-            return self.font_path
-        import matplotlib
+        from udfs.render import default_bold_font_path
 
-        return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans-Bold.ttf")
+        return self.font_path or default_bold_font_path()
 
 
 @dataclass

@@ -116,15 +116,15 @@ def miniature_folder(mc: MiniatureConfig) -> Path:
 
 def train_on(spark: SparkSession, cfg: Config, mc: MiniatureConfig, name: str, source: str,
              evaluate) -> dict[str, Any]:
-    """Export `source` (images | subset) and train model `name` on it for mc.samples."""
+    """Export `source` (images | subset) and train model `name` on it: one epoch of
+    mc.samples, so one cosine schedule over the same samples for every run."""
     out = miniature_folder(mc)
     ex = dataclasses.replace(cfg.export, out=str(out / "shards" / name), source=source,
                              shard_size=256, val_fraction=0.0)
-    epochs = 1  # one cosine schedule over mc.samples, the same for every run
     tc = dataclasses.replace(
         cfg.train, model=mc.model, pretrained="", model_config={}, name=name,
         logs=str(out / "train"), batch_size=mc.batch_size, lr=mc.lr, warmup=mc.warmup,
-        wd=0.1, epochs=epochs, train_num_samples=mc.samples // epochs, workers=1,
+        wd=0.1, epochs=1, train_num_samples=mc.samples, workers=1,
         num_processes=1, log_every_n_steps=25, seed=mc.seed, resume=False, sync_words="")
     run_cfg = dataclasses.replace(cfg, export=ex, train=tc)
     shards = export.run(spark, run_cfg)

@@ -140,10 +140,9 @@ def visual_image(rng: np.random.Generator, size: int, caption: str) -> Image.Ima
 
 
 def _font(size: int):
-    from udfs.render import default_font_path, load_font
+    from udfs.render import default_bold_font_path, load_font
 
-    bold = default_font_path().replace("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
-    return load_font(bold, size)
+    return load_font(default_bold_font_path(), size)
 
 
 def _label(img: Image.Image, rng: np.random.Generator, word: str, font_px: int,

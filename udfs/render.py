@@ -105,6 +105,11 @@ def default_font_path() -> str:
     return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
 
 
+def default_bold_font_path() -> str:
+    """DejaVu Sans Bold, next to the regular face in matplotlib's bundled fonts."""
+    return os.path.join(os.path.dirname(default_font_path()), "DejaVuSans-Bold.ttf")
+
+
 def _check_font_file(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"font file not found: {path}")
