@@ -408,13 +408,15 @@ class MiniatureConfig:
     """`deparrot miniature` (jobs/miniature.py): the paper's effect on a generated world."""
 
     out: str = "data/miniature"  # its world, lake, shards, checkpoints: a local folder
-    rows: int = 1600  # pairs in the world
-    parrot_share: float = 0.3  # the caption is the word printed in the image
+    # 40% parrots: reading then takes fewer samples (measured, seed 0: 32k samples at 40%
+    # read top-1 0.88; 40k at 30% 0.81; 24k at 30% 0.38), so the whole run fits 15 min.
+    rows: int = 1200  # pairs in the world
+    parrot_share: float = 0.4  # the caption is the word printed in the image
     mixed_share: float = 0.2  # a small sign the caption ignores
     image_size: int = 128  # of the generated images (the model sees model_input px)
-    samples: int = 40_000  # samples every training run sees
-    quick_rows: int = 1200  # --quick
-    quick_samples: int = 24_000
+    samples: int = 32_000  # samples every training run sees
+    quick_rows: int = 800  # --quick
+    quick_samples: int = 20_000
     model: str = "deparrot-mini-rn"  # udfs/clip_models.py MINI_READER_CONFIG
     model_input: int = 64
     batch_size: int = 64

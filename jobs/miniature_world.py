@@ -60,7 +60,7 @@ POSTER_FONT_SHARE = (0.23, 0.3)
 class WorldMix:
     """Shares of each kind of pair (the rest are visual)."""
 
-    parrot: float = 0.3
+    parrot: float = 0.4
     mixed: float = 0.2
 
 
