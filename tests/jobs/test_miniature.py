@@ -45,7 +45,7 @@ def test_each_policy_keeps_what_it_should_on_the_generated_world(experiment):
     # uniform in 4.2-6.5 (as the sample's), so about 13% of each kind goes there.
     any_text, parrots, tmars = (report.kept[p] for p in ("any_text", "parrots", "tmars"))
     # any_text (the paper): no image with text survives, most visual images do.
-    # (the OCR misses ~1% of posters: 3/360 in --quick, 5/480 in the full run)
+    # (the OCR misses under 1% of posters: 2/480 in the full run)
     assert any_text.get("parrot", 0) <= 0.05 * world["parrot"]
     assert any_text.get("mixed", 0) <= 0.05 * world["mixed"]
     assert any_text["visual"] >= 0.7 * world["visual"]

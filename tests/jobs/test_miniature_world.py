@@ -26,7 +26,7 @@ def test_world_has_the_mix_and_captions_of_each_kind(tmp_path):
                        kind="miniature")
     summary = generate(cfg)  # `deparrot sample --set sample.kind=miniature`
     assert summary.rows == 100
-    assert summary.kinds == {"visual": 50, "parrot": 30, "mixed": 20}
+    assert summary.kinds == {"visual": 40, "parrot": 40, "mixed": 20}
     truth = pq.read_table(tmp_path / "w" / "truth.parquet").to_pylist()
     meta = {r["SAMPLE_ID"]: r for r in pq.read_table(tmp_path / "w" / "metadata").to_pylist()}
     classes = set(visual_classes())
