@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
-from jobs.config import SampleConfig
+from jobs.config import MiniatureConfig, SampleConfig
 
 # Four-letter, visually distinct words: at 64 px model input each letter is ~12 px wide.
 VOCABULARY = (
@@ -58,10 +58,10 @@ POSTER_FONT_SHARE = (0.23, 0.3)
 
 @dataclass(frozen=True)
 class WorldMix:
-    """Shares of each kind of pair (the rest are visual)."""
+    """Shares of each kind of pair (the rest are visual); defaults: miniature's settings."""
 
-    parrot: float = 0.4
-    mixed: float = 0.2
+    parrot: float = MiniatureConfig.parrot_share
+    mixed: float = MiniatureConfig.mixed_share
 
 
 def visual_classes() -> list[str]:
