@@ -327,7 +327,10 @@ class TrainConfig:
     Defaults are a laptop run; conf/train_paper.yaml holds the paper's recipe.
     """
 
-    launcher: str = "torch_distributor"  # the only one; horovod is refused (jobs/train.py)
+    # torch_distributor: TorchDistributor (torchrun processes or Spark barrier tasks);
+    # in_process: open_clip_train in the driver's own Python process (one process, no
+    # torchrun start-up: a laptop, the miniature experiment). horovod is refused.
+    launcher: str = "torch_distributor"
     model: str = "ViT-B-32"
     pretrained: str = ""  # open_clip tag or checkpoint; "" = from scratch (the paper)
     # An open_clip model config (embed_dim, vision_cfg, text_cfg) registered as `model` in
@@ -375,8 +378,13 @@ class TrainConfig:
                 "launcher horovod is not supported: horovod 0.28.1 (its last release, June "
                 "2023) fails to build against torch >= 2.1 ('You need C++17'); use "
                 "torch_distributor (TorchDistributor replaces Databricks' HorovodRunner)")
-        if self.launcher != "torch_distributor":
-            raise ValueError(f"launcher must be torch_distributor, got {self.launcher!r}")
+        if self.launcher not in ("torch_distributor", "in_process"):
+            raise ValueError("launcher must be torch_distributor or in_process, got "
+                             f"{self.launcher!r}")
+        if self.launcher == "in_process" and (self.num_processes != 1 or not self.local_mode):
+            raise ValueError("launcher in_process runs one process on the driver: it needs "
+                             f"num_processes 1 and local_mode true, got {self.num_processes} "
+                             f"and {self.local_mode}")
         for name in ("num_processes", "batch_size", "epochs", "sync_top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

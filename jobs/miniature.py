@@ -125,7 +125,8 @@ def train_on(spark: SparkSession, cfg: Config, mc: MiniatureConfig, name: str, s
         cfg.train, model=mc.model, pretrained="", model_config={}, name=name,
         logs=str(out / "train"), batch_size=mc.batch_size, lr=mc.lr, warmup=mc.warmup,
         wd=0.1, epochs=1, train_num_samples=mc.samples, workers=1,
-        num_processes=1, log_every_n_steps=25, seed=mc.seed, resume=False, sync_words="")
+        num_processes=1, launcher="in_process", local_mode=True, log_every_n_steps=25,
+        seed=mc.seed, resume=False, sync_words="")
     run_cfg = dataclasses.replace(cfg, export=ex, train=tc)
     shards = export.run(spark, run_cfg)
     if shards.rows < mc.batch_size:

@@ -13,6 +13,8 @@ The design card named HorovodRunner + petastorm; neither runs in this environmen
   the session; precision `auto` is AMP on GPU (NCCL) and fp32 on CPU (gloo).
   deparrot writes no training loop: local loss, gather-with-grad, AMP, the cosine
   schedule, checkpoints and `--resume latest` are open_clip_train's.
+  `launcher: in_process` runs the same function in the driver's own Python process
+  (one process, no torchrun start-up of ~15 s; the driver's loggers are restored after).
 - horovod is refused (`train.launcher: horovod` is a config error, checked by
   TrainConfig before Spark starts): horovod 0.28.1, its last release (June 2023), fails
   to build against torch >= 2.1 ("You need C++17"; the fix is merged upstream but
@@ -258,12 +260,15 @@ def val_loss(results: Path, offset: int) -> float | None:
 
 
 def launch(tc: TrainConfig, argv: list[str]) -> dict[str, Any]:
-    """Run open_clip_train in `num_processes` processes through TorchDistributor."""
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    from udfs.train_worker import train_main
+    """Run open_clip_train in `num_processes` processes through TorchDistributor, or in
+    this process (`launcher: in_process`)."""
+    from udfs.train_worker import train_in_process, train_main
 
     configs = {tc.model: dict(tc.model_config)} if tc.model_config else {}
+    if tc.launcher == "in_process":
+        return train_in_process(argv, configs)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
     distributor = TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode,
                                    use_gpu=tc.use_gpu)
     return distributor.run(train_main, argv, configs) or {}

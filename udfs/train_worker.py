@@ -14,7 +14,13 @@ schedule, checkpoints and `--resume latest`. This module only prepares each proc
 - open_clip_train 3.3 wraps the model in DistributedDataParallel with
   `device_ids=[device]` even on CPU, which torch refuses for CPU modules; for CPU runs
   with several processes (gloo), the wrapper drops device_ids for CPU modules while the
-  trainer runs (GPU runs are untouched).
+  trainer runs (GPU runs are untouched);
+- open_clip_train's sample shuffle (`webdataset.shuffle`) seeds itself from the process
+  id and the clock, so two runs with one `--seed` see samples in different orders and
+  end with different models (the miniature's read top-1 moved by 0.05 between runs).
+  While the trainer runs, that shuffle is seeded from torch's generator, which
+  open_clip_train seeds from `--seed` and the rank: a run is repeatable; ranks,
+  dataloader workers and epochs still shuffle differently.
 """
 
 from __future__ import annotations
@@ -70,6 +76,43 @@ def _torch_logs_at_warning() -> Iterator[None]:
         trainer.setup_logging = original
 
 
+class _SeededShuffle:
+    """webdataset's sample shuffle, seeded from torch's generator, which open_clip_train
+    seeds from --seed and the rank: a dataloader worker's seed (drawn anew each epoch,
+    distinct per worker), or a draw from the generator without workers."""
+
+    def __init__(self, bufsize: int = 1000, initial: int = 100) -> None:
+        self.bufsize, self.initial = bufsize, initial
+
+    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
+        import random
+
+        from torch.utils.data import get_worker_info
+        from webdataset.filters import _shuffle
+
+        info = get_worker_info()
+        seed = info.seed if info is not None else int(torch.randint(2**62, ()).item())
+        return _shuffle(src, self.bufsize, self.initial, random.Random(seed))
+
+
+@contextlib.contextmanager
+def _seeded_sample_shuffle() -> Iterator[None]:
+    """open_clip_train calls `webdataset.shuffle(bufsize=, initial=)`: seed it (see the
+    module docstring)."""
+    import webdataset
+
+    original = webdataset.shuffle
+
+    def shuffle(bufsize: int = 1000, initial: int = 100, **_: Any) -> _SeededShuffle:
+        return _SeededShuffle(bufsize, initial)
+
+    webdataset.shuffle = shuffle
+    try:
+        yield
+    finally:
+        webdataset.shuffle = original
+
+
 def register_models(model_configs: dict[str, dict[str, Any]]) -> None:
     """Register `model_configs` (and deparrot's tiny model) with open_clip in this process."""
     from udfs.clip_models import _open_clip, register_model_config
@@ -90,9 +133,50 @@ def train_main(argv: list[str], model_configs: dict[str, dict[str, Any]],
     register_models(model_configs)
     from open_clip_train.main import main
 
-    with _cpu_ddp_accepts_device_ids(), _torch_logs_at_warning():
+    with (_cpu_ddp_accepts_device_ids(), _torch_logs_at_warning(),
+          _seeded_sample_shuffle()):
         code = main(list(argv))
     if code not in (None, 0):
         raise RuntimeError(f"open_clip_train stopped with status {code} (see its log)")
     return {"rank": int(os.environ.get("RANK", "0")),
             "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+@contextlib.contextmanager
+def _loggers_restored() -> Iterator[None]:
+    """Put every logger's level and the root's handlers back after open_clip_train:
+    its setup_logging sets all loggers (py4j's in a driver) to INFO and adds handlers to
+    the root logger, which would copy later runs into this run's out.log."""
+    manager = logging.root.manager
+    levels = {name: logging.getLogger(name).level for name in list(manager.loggerDict)}
+    root_level, handlers = logging.root.level, list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in list(logging.root.handlers):
+            if handler not in handlers:
+                logging.root.removeHandler(handler)
+                handler.close()
+        logging.root.setLevel(root_level)
+        for name in list(manager.loggerDict):
+            logger = logging.getLogger(name)
+            logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+def train_in_process(argv: list[str], model_configs: dict[str, dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """open_clip_train in the calling process, one rank, no torchrun (`launcher:
+    in_process`). A WORLD_SIZE (or SLURM_NTASKS) above 1 in this process's environment
+    would make open_clip_train wait for other ranks, so it is refused."""
+    from open_clip_train.distributed import is_using_distributed
+
+    if is_using_distributed():
+        raise RuntimeError("launcher in_process: this process's environment describes a "
+                           "distributed launch (WORLD_SIZE or SLURM_NTASKS > 1); use "
+                           "launcher torch_distributor")
+    threads = torch.get_num_threads()
+    with _loggers_restored():
+        try:
+            return train_main(argv, model_configs)
+        finally:
+            torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from pyspark.sql import types as T
 
@@ -84,6 +85,8 @@ def test_horovod_is_refused_with_the_reason():
         load_config(None, ["train.launcher=horovod"])
     with pytest.raises(UserError, match="num_processes"):
         load_config(None, ["train.num_processes=0"])
+    with pytest.raises(UserError, match="in_process runs one process"):
+        load_config(None, ["train.launcher=in_process", "train.num_processes=2"])
 
 
 def _fake_export(root, train_shards=4, val_shards=1, fmt="webdataset") -> None:
@@ -170,6 +173,37 @@ def test_one_process_trains_records_and_loads(spark, cfg, tmp_path):
     assert json.loads(row["settings"])["train"]["batch_size"] == 8
     assert row["finished_at"] >= row["started_at"]
     assert row["dataset"] is None and row["read_top1"] is None  # no evaluate hook
+
+
+def test_in_process_launcher_trains_resumes_and_leaves_the_drivers_logging_alone(
+        spark, cfg, tmp_path):
+    """launcher in_process: open_clip_train in this process; loggers are put back, so a
+    second run neither floods py4j's logger nor writes into the first run's log; the
+    same seed gives the same model (open_clip_train's sample shuffle is seeded)."""
+    import logging
+
+    cfg = _configure(cfg, tmp_path, n=32, epochs=1, train_num_samples=32,
+                     launcher="in_process")
+    write_shards_directly(cfg, 32)
+    py4j = logging.getLogger("py4j")
+    py4j.setLevel(logging.WARNING)
+    handlers = list(logging.root.handlers)
+    first = train.run(spark, cfg)
+    assert (first.start_epoch, first.final_epoch) == (0, 1) and first.loss_end is not None
+    assert not load_clip(TINY_MODEL_NAME, first.checkpoint, "cpu", "fp32").random_init
+    assert py4j.level == logging.WARNING and logging.root.handlers == handlers
+    log = tmp_path / "logs" / "tiny" / "out.log"
+    size = log.stat().st_size
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name="other"))
+    again = train.run(spark, other)
+    assert log.stat().st_size == size  # the second run logged to its own out.log only
+    weights = [load_clip(TINY_MODEL_NAME, r.checkpoint, "cpu", "fp32").model.state_dict()
+               for r in (first, again)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    second = train.run(spark, more)
+    assert (second.start_epoch, second.final_epoch) == (1, 2)
+    assert [r["launcher"] for r in _runs(spark, cfg)] == ["in_process"] * 3
 
 
 def test_evaluate_hook_fills_the_run_row_and_old_tables_gain_its_columns(spark, cfg):
