@@ -146,17 +146,21 @@ def train_main(argv: list[str], model_configs: dict[str, dict[str, Any]],
 def _loggers_restored() -> Iterator[None]:
     """Put every logger's level and the root's handlers back after open_clip_train:
     its setup_logging sets all loggers (py4j's in a driver) to INFO and adds handlers to
-    the root logger, which would copy later runs into this run's out.log."""
+    the root logger, which would copy later runs into this run's out.log. The caller's
+    own root handlers step aside while it runs, so each line is printed once."""
     manager = logging.root.manager
     levels = {name: logging.getLogger(name).level for name in list(manager.loggerDict)}
     root_level, handlers = logging.root.level, list(logging.root.handlers)
+    for handler in handlers:
+        logging.root.removeHandler(handler)
     try:
         yield
     finally:
         for handler in list(logging.root.handlers):
-            if handler not in handlers:
-                logging.root.removeHandler(handler)
-                handler.close()
+            logging.root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            logging.root.addHandler(handler)
         logging.root.setLevel(root_level)
         for name in list(manager.loggerDict):
             logger = logging.getLogger(name)
