@@ -221,9 +221,15 @@ class Lake:
     def version(self, key: str) -> int:
         return int(self.delta(key).history(1).select("version").first()[0])
 
-    def insert_new(self, key: str, df: DataFrame, on: list[str]) -> None:
-        """Insert the rows of `df` whose key is not in the table yet: re-runs add nothing."""
-        self._merge(key, df, on, update=False)
+    def insert_new(self, key: str, df: DataFrame, on: list[str],
+                   target_filter: str | None = None) -> None:
+        """Insert the rows of `df` whose key is not in the table yet: re-runs add nothing.
+
+        An insert-only MERGE: Delta anti-joins the source with the target and appends,
+        rewriting no file. A concurrent commit of the same keys is still a conflict that
+        `with_commit_retries` retries (its rows are then in the table and are skipped).
+        """
+        self._merge(key, df, on, update=False, target_filter=target_filter)
 
     def upsert(self, key: str, df: DataFrame, on: list[str],
                target_filter: str | None = None) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -159,10 +158,18 @@ def task_attempts(spark: SparkSession) -> int:
     return int(spark.conf.get("spark.task.maxFailures", "4"))
 
 
+def _retry() -> F.Column:
+    return (F.col("status") == "error") & F.coalesce(F.col("retryable"), F.lit(False))
+
+
 def settled(scores: DataFrame) -> DataFrame:
     """Ids whose score is final: ok, or an error that another try would not change."""
-    retry = (F.col("status") == "error") & F.coalesce(F.col("retryable"), F.lit(False))
-    return scores.where(~retry).select("sample_id")
+    return scores.where(~_retry()).select("sample_id")
+
+
+def retried(scores: DataFrame) -> DataFrame:
+    """Ids scored before whose error another try may change: scored again, replaced."""
+    return scores.where(_retry()).select("sample_id")
 
 
 def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFrame:
@@ -187,9 +194,12 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     add_missing_columns(lake)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
     lap = Laps(report.seconds).lap
-    todo = pending(lake.read("images"), lake.read("metadata"),
-                   lake.read("scores", version=lake.version("scores")))
+    scores = lake.read("scores", version=lake.version("scores"))
+    todo = pending(lake.read("images"), lake.read("metadata"), scores)
     report.pending = todo.count()
+    # Rows scored before are pending only as retryable errors: without any, every chunk
+    # is new ids, and an insert-only MERGE (no file rewritten) commits it.
+    replaces = retried(scores).limit(1).count() > 0
     lap("plan")
     report.chunks = chunk_count(report.pending, sc.rows_per_commit)
     progress = Progress(STAGE, report.pending, report.chunks)
@@ -197,7 +207,7 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
         lap("stage")
         report.chunks = progress.chunks = chunks.count
         for k in range(chunks.count):
-            score_chunk(lake, chunks(k), sc, chunks.target_filter(k))
+            score_chunk(lake, chunks(k), sc, chunks.target_filter(k), replaces)
             progress.chunk_done()
     lap("score_and_write")
     record_settings(lake, sc, report.random_init)
@@ -216,20 +226,19 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
 
 
 def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig,
-                target_filter: str | None = None) -> None:
-    """Score one chunk and commit it."""
+                target_filter: str | None = None, replaces: bool = True) -> None:
+    """Score one chunk and commit it; `replaces`: the chunk may hold retried ids."""
     rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
-    # Scored once (cached), then MERGEd on sample_id: a blind append of ids that a
-    # concurrent run committed meanwhile would store them twice, and Delta never reports
-    # a conflict between two blind appends. When another run's commit wins the race, the
-    # MERGE is retried against it, from the cached rows.
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        rows.count()
-        # retried rows replace theirs; only the chunk's key range of files is read
-        lake.upsert("scores", rows, on=["sample_id"], target_filter=target_filter)
-    finally:
-        rows.unpersist()
+    # MERGEd on sample_id: a blind append of ids that a concurrent run committed
+    # meanwhile would store them twice, and Delta never reports a conflict between two
+    # blind appends. The source goes to MERGE as it is: Delta stores it once
+    # (materializeSource) and both of its passes read that copy; it re-scores the chunk
+    # only if a lost executor took the copy, or when another run's commit wins the race
+    # and the MERGE is retried against it. (A persist() before the MERGE was not that
+    # copy: Delta re-plans the source past the cache, so every image went through the
+    # models twice, tests/jobs/test_score.py.) Only the chunk's key range is read.
+    commit = lake.upsert if replaces else lake.insert_new
+    commit("scores", rows, on=["sample_id"], target_filter=target_filter)
 
 
 def record_settings(lake: Lake, sc: ScoreConfig, random_init: bool) -> None:

@@ -163,6 +163,55 @@ def test_third_party_spotter_named_by_import_path_runs_on_executors(
     assert got[5]["status"] == "error"
 
 
+COUNTING_SPOTTER = '''
+import os
+
+from udfs.ocr import OcrResult
+
+
+class CountingSpotter:
+    """Finds no text; appends one line per image it sees to `log` (from any process)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def spot(self, images, recognize=False):
+        with open(self.log, "a") as f:
+            f.write("".join(f"{os.getpid()}\\n" for _ in images))
+        return [OcrResult([], img.shape[0], img.shape[1]) for img in images]
+
+
+def make(log, device=None, cpu_threads=0):
+    return CountingSpotter(log)
+'''
+
+
+@pytest.mark.parametrize("rows_per_commit,retried", [(100, False), (2, False), (2, True)])
+def test_each_image_goes_through_the_models_once(spark, scored_inputs, tmp_path,
+                                                 rows_per_commit, retried):
+    """Insert-only and replacing MERGEs alike read one stored copy of the chunk: a MERGE
+    from a persisted source re-ran the models on every row (Delta copies a MERGE's
+    source from its plan, past the cache)."""
+    if retried:  # a retryable error from an earlier run: scored again, and replaced
+        lake = Lake(spark, scored_inputs)
+        lake.ensure("scores", score.TABLE_SCHEMA)
+        spark.createDataFrame([(1, "error", "oom", True)],
+                              "sample_id long, status string, error string, retryable boolean"
+                              ).writeTo(lake.ref("scores").name).append()
+    module = tmp_path / "counting_spotter_xyz.py"
+    module.write_text(COUNTING_SPOTTER)
+    spark.sparkContext.addPyFile(str(module))
+    log = tmp_path / "spotted.log"
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter="counting_spotter_xyz:make", spotter_options={"log": str(log)},
+                     rows_per_commit=rows_per_commit)
+    report = score.run(spark, cfg)
+    assert report.ok == 4 and (report.chunks > 1) == (rows_per_commit == 2)
+    assert len(log.read_text().splitlines()) == 4  # the 4 decodable images, once each
+    ids = [r["sample_id"] for r in Lake(spark, cfg).read("scores").collect()]
+    assert sorted(ids) == [1, 2, 3, 4, 5]
+
+
 PUNCTUATION_SPOTTER = '''
 from udfs.ocr import OcrBox, OcrResult
 
