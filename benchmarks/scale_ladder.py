@@ -342,6 +342,23 @@ def verdict(ok: bool) -> str:
     return "pass" if ok else "FAIL"
 
 
+def needed(wanted: list[str] | None, pixels: bool) -> list[str]:
+    """The stages to run at one size, in order: `wanted` (all by default) and what they
+    read (ingest's metadata for every stage, download's images for score, the synthetic
+    scores and the stages before it for the others)."""
+    order = ["ingest", *(PIXEL_STAGES if pixels else ()), "synthetic", *SYNTHETIC_STAGES]
+    if not wanted:
+        return order
+    keep = {"ingest", *wanted}
+    if "score" in keep:
+        keep.add("download")
+    last = max((SYNTHETIC_STAGES.index(w) for w in wanted if w in SYNTHETIC_STAGES),
+               default=-1)
+    if last >= 0:  # each synthetic stage reads the one before (train -> assign -> ...)
+        keep |= {"synthetic", *SYNTHETIC_STAGES[:last + 1]}
+    return [s for s in order if s in keep]
+
+
 def report(table: dict[str, dict[int, dict]], base: int, chunk: dict | None,
            real: float | None) -> bool:
     all_ok = True
@@ -400,6 +417,10 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=10_000,
                         help="the size the largest is compared with")
     parser.add_argument("--no-chunk-check", action="store_true")
+    parser.add_argument("--stages", nargs="+", choices=["ingest", *PIXEL_STAGES,
+                                                        *SYNTHETIC_STAGES],
+                        help="measure only these (their inputs are still built), e.g. "
+                             "`--sizes 100000 --stages score` for the chunk check alone")
     parser.add_argument("--real-models", type=int, default=8, help="images; 0 = skip")
     parser.add_argument("--work", help="keep the lakes here (default: a temp folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -429,8 +450,7 @@ def main() -> None:
             work = root / f"{n}"
             shutil.rmtree(work, ignore_errors=True)
             write_metadata(n, base_url, work / "input")
-            stages = ["ingest", *(PIXEL_STAGES if n <= args.pixel_max else ()),
-                      "synthetic", *SYNTHETIC_STAGES]
+            stages = needed(args.stages, n <= args.pixel_max)
             for stage in stages:
                 step(f"[ladder {time.perf_counter() - started:6.0f} s] {n:,} rows: {stage}")
                 r = run_child(["--child", stage, "--work", str(work), "--rows", str(n),
@@ -460,7 +480,8 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     (root.parent / f"{root.name}-results.json").write_text(json.dumps(
         {"table": table, "chunk": chunk, "real_s_per_image": real}, indent=1))
-    ok = report(table, args.base if args.base in sizes else sizes[1], chunk, real)
+    ok = report(table, args.base if args.base in sizes else sizes[min(1, len(sizes) - 1)],
+                chunk, real)
     print(f"({time.perf_counter() - started:.0f} s in all)")
     sys.exit(0 if ok else 1)
 
