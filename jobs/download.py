@@ -237,13 +237,13 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
             rows = fetch_http(part, dl) if dl.source == "http" else \
                 read_shards(part, spark, dl)
             rows = rows.withColumn("fetched_at", F.current_timestamp())
-            # Fetch exactly once: MERGE may scan its source twice, and a cache can be
-            # bypassed, so cut the lineage. A lost executor fails the chunk; the re-run
-            # resumes it.
-            rows = rows.localCheckpoint(eager=True)
-            lap("fetch")
+            # Fetched once: Delta stores a MERGE's source (materializeSource) and both of
+            # its passes read that copy, which it drops after the commit. It fetches the
+            # chunk again only if a lost executor took the copy, or when a concurrent
+            # run's commit wins the race. (A localCheckpoint kept every chunk's copy
+            # until the stage ended, and a lost executor failed the stage.)
             lake.upsert("images", rows, on=["sample_id"], target_filter=chunks.target_filter(k))
-            lap("write")
+            lap("fetch_and_write")
             progress.chunk_done()
     tallies, mirrored = survey(lake)
     lap("report")

@@ -91,6 +91,7 @@ def test_http_download_every_outcome_accounted_and_rerun_retries_only_retryable(
         assert (ok["width"], ok["height"], ok["format"]) == (64, 64, "jpg")  # border mode
         assert Image.open(io.BytesIO(ok["image"])).size == (64, 64)
         assert srv.hits("/files/missing.jpg") == 1  # 404 is not retried
+        assert srv.hits("/files/ok.jpg") == 1  # fetched once: MERGE reads Delta's one copy
         assert srv.hits("/flaky/a/1/429") == 2
         assert images[srv.url("/slow/3")]["retryable"] is True
         rejects = {r["sample_id"]: r["reason"] for r in
