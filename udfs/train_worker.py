@@ -178,9 +178,5 @@ def train_in_process(argv: list[str], model_configs: dict[str, dict[str, Any]]
         raise RuntimeError("launcher in_process: this process's environment describes a "
                            "distributed launch (WORLD_SIZE or SLURM_NTASKS > 1); use "
                            "launcher torch_distributor")
-    threads = torch.get_num_threads()
     with _loggers_restored():
-        try:
-            return train_main(argv, model_configs)
-        finally:
-            torch.set_num_threads(threads)
+        return train_main(argv, model_configs)
