@@ -1,7 +1,7 @@
 """Scale ladder: seconds per 1,000 rows of every stage at 10^3..10^6 rows, and whether
 each stage stays linear with a flat driver.
 
-    .venv/bin/python benchmarks/scale_ladder.py                   # 10^3, 10^4, 10^5, 10^6
+    .venv/bin/python benchmarks/scale_ladder.py         # 10^3, 10^4, 3x10^4, 10^5, 10^6
     .venv/bin/python benchmarks/scale_ladder.py --sizes 1000 5000 --pixel-max 5000  # quick
 
 For each size the ladder generates LAION-style metadata (jobs.sample.metadata_table) whose
@@ -19,12 +19,15 @@ own, `deparrot`'s own code path (Stage.run on a local[2] session from conf/local
   LAION-2B's are (580,000 rows per cluster for a 20,000 cap): dedup always splits.
 
 Printed per stage and size: the stage's seconds (session start-up excluded), seconds per
-1,000 rows with the fixed cost separated (t(n) - t(smallest)) / (n - smallest) * 1000,
-and the linearity ratio: the per-row cost of the last step (t(largest) - t(next)) /
-(largest - next) over the per-row cost across the whole ladder (t(largest) - t(smallest))
-/ (largest - smallest); 1.0 is linear, above 1 the cost grows faster than rows. (The
-per-row cost at 10^4 alone, `--base`, is printed too, but a stage whose 10^4 run is
-within the noise of its fixed cost makes that ratio meaningless.) Memory: the Python
+1,000 rows with the fixed cost separated, c(n) = (t(n) - t(f)) / (n - f) * 1000, where f is
+the fastest run below the two largest sizes (`fixed_size`), and the linearity ratio
+c(largest) / c(next largest): 1.0 is linear, above 1 the per-row cost grows with rows (a
+cost quadratic in rows gives ~3 for the 3x step 3*10^4 -> 10^5, ~10 for 10^5 -> 10^6).
+The next largest size must hold more work than the run-to-run noise (NOISE_S), so image
+stages get a 3*10^4 rung (at 10^4 their work is within the noise); where it still does
+not, the ratio is taken against the most that run can have cost (`linearity`).
+(Until 2026-12-03 the ratio was the last step's per-row cost over the whole ladder's,
+which the last step dominates: a quadratic cost gave 1.1 and passed.) Memory: the Python
 driver's peak RSS (where a collect would land), the JVM's retained heap after a GC (what
 the driver still holds), and the peak RSS of the JVM (driver and executor threads share
 it in local mode) and of the Python workers alive at the end (executor side).
@@ -65,6 +68,9 @@ DIM = 32  # the tiny CLIP's embedding size, so both kinds of scores look alike
 DEDUP_CAP = 1_000
 RATIO_GOAL, MEMORY_GOAL, CHUNK_GOAL = 1.3, 1.3, 0.15
 MEMORY_SLACK_MIB = 64
+# The spread of one stage's fixed cost from run to run on the 2-core development machine
+# (this ladder, 2026-12-03: cluster-assign 15.1-20.4 s, ingest 12.4-17.5 s at 10^3-10^4).
+NOISE_S = 5.0
 
 
 # --------------------------------------------------------------------------- images
@@ -100,8 +106,18 @@ class _ImageHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A fetcher that hangs up before the body is sent (an attempt past its timeout on
+        the loaded machine; download retries it, and records what still fails) is not
+        an error of this server: no traceback for it. Anything else keeps one."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def start_server() -> tuple[str, ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+    server = _QuietServer(("127.0.0.1", 0), _ImageHandler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/img/", server
@@ -331,11 +347,42 @@ def run_child(args: list[str], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])
 
 
+def fixed_size(results: dict[int, dict], sizes: list[int]) -> int:
+    """The run taken as a stage's fixed cost: the fastest below the two largest sizes.
+
+    At 10^3 and 10^4 rows a stage is nearly all fixed cost (session, Delta log, jobs),
+    and which of those runs is faster is noise: cluster-assign took 20.4 s at 10^3 and
+    15.1 s at 10^4 on 2026-12-03. With the smallest size's run as the fixed cost, that one
+    slow start made the linearity ratio 1.95 for a stage whose last 900,000 rows cost 6 s
+    (its per-row cost fell from step to step). No run costs less than the fixed part, so
+    the fastest small run is the estimate that one slow start cannot inflate.
+    """
+    small = sizes[:-2] or sizes[:1]
+    return min(small, key=lambda n: results[n]["seconds"])
+
+
 def per_1000(results: dict[int, dict], sizes: list[int]) -> dict[int, float]:
-    """Seconds per 1,000 rows above the smallest size's run (the fixed cost)."""
-    small = sizes[0]
-    t0 = results[small]["seconds"]
-    return {n: (results[n]["seconds"] - t0) / (n - small) * 1000 for n in sizes[1:]}
+    """Seconds per 1,000 rows above the fixed-cost run (`fixed_size`), for larger sizes."""
+    base = fixed_size(results, sizes)
+    t0 = results[base]["seconds"]
+    return {n: (results[n]["seconds"] - t0) / (n - base) * 1000 for n in sizes if n > base}
+
+
+def linearity(results: dict[int, dict], sizes: list[int]) -> tuple[float, bool]:
+    """c(largest) / c(next largest), and whether the next size's work was resolved.
+
+    When the next size's work above the fixed cost is under NOISE_S, its own per-row cost
+    is noise (it can come out near 0 or negative), so the ratio is taken against the most
+    that run can have cost per row, NOISE_S over its rows: a stage then passes if its
+    largest run costs at most 1.3x that per row. That bound is what this machine can
+    resolve, and it is printed as such.
+    """
+    costs = per_1000(results, sizes)
+    top, nxt = sizes[-1], sizes[-2]
+    fixed = fixed_size(results, sizes)
+    resolved = results[nxt]["seconds"] - results[fixed]["seconds"] >= NOISE_S
+    floor = costs[nxt] if resolved else max(costs[nxt], NOISE_S / (nxt - fixed) * 1000)
+    return (costs[top] / floor if floor > 0 else float("inf")), resolved
 
 
 def verdict(ok: bool) -> str:
@@ -362,31 +409,33 @@ def needed(wanted: list[str] | None, pixels: bool) -> list[str]:
 def report(table: dict[str, dict[int, dict]], base: int, chunk: dict | None,
            real: float | None) -> bool:
     all_ok = True
-    print("\nseconds per 1,000 rows (fixed cost = the smallest size's run, subtracted)")
+    print("\nseconds per 1,000 rows (fixed cost = the fastest run below the two largest "
+          "sizes, subtracted)")
     print(f"{'stage':<15}{'rows':>10}{'s':>9}{'s/1000':>9}{'py MiB':>8}{'heap MiB':>9}"
           f"{'JVM MiB':>9}{'worker MiB':>11}")
     summary = []
     for stage, results in table.items():
         sizes = sorted(results)
         costs = per_1000(results, sizes) if len(sizes) > 1 else {}
+        fixed = fixed_size(results, sizes)
         for n in sizes:
             r = results[n]
-            cost = f"{costs[n]:.3f}" if n in costs else "fixed"
+            cost = f"{costs[n]:.3f}" if n in costs else "fixed" if n == fixed else "-"
             print(f"{stage:<15}{n:>10,}{r['seconds']:>9.1f}{cost:>9}{r['driver_py_mib']:>8.0f}"
                   f"{r['jvm_heap_mib']:>9.0f}{r['jvm_peak_mib']:>9.0f}"
                   f"{r['worker_peak_mib']:>11.0f}")
-        top = sizes[-1]
-        if base in costs and top in costs and top != base:
-            nxt = sizes[-2]
-            step = (results[top]["seconds"] - results[nxt]["seconds"]) / (top - nxt) * 1000
-            ratio = step / costs[top] if costs[top] > 0 else float("inf")
+        top, nxt = sizes[-1], sizes[-2] if len(sizes) > 1 else sizes[-1]
+        if base in results and top in costs and nxt in costs and top != base:
+            ratio, resolved = linearity(results, sizes)
             mem_ok = all(results[top][k] <= MEMORY_GOAL * results[base][k] + MEMORY_SLACK_MIB
                          for k in ("driver_py_mib", "jvm_heap_mib"))
             linear = ratio <= RATIO_GOAL
             all_ok &= linear and mem_ok
-            summary.append(f"{stage:<15} last step / whole ladder per row: {ratio:.2f} "
+            at_base = f"{costs[base]:.3f} s/1000" if base in costs else "the fixed cost"
+            against = "" if resolved else " (its work is within the noise: its bound)"
+            summary.append(f"{stage:<15} per row at {top:,} / at {nxt:,}{against}: {ratio:.2f} "
                            f"(goal <= {RATIO_GOAL}) {verdict(linear)} [at {base:,}: "
-                           f"{costs[base]:.3f} s/1000]; driver memory "
+                           f"{at_base}]; driver memory "
                            f"{results[base]['driver_py_mib']:.0f} -> "
                            f"{results[top]['driver_py_mib']:.0f} MiB, retained heap "
                            f"{results[base]['jvm_heap_mib']:.0f} -> "
@@ -411,7 +460,7 @@ def report(table: dict[str, dict[int, dict]], base: int, chunk: dict | None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+",
-                        default=[1_000, 10_000, 100_000, 1_000_000])
+                        default=[1_000, 10_000, 30_000, 100_000, 1_000_000])
     parser.add_argument("--pixel-max", type=int, default=100_000,
                         help="largest size that downloads and scores real images")
     parser.add_argument("--base", type=int, default=10_000,
