@@ -38,6 +38,7 @@ MODES = ("append", "insert_new", "upsert")
 def chunk_rows(spark, lo: int, rows: int, dim: int):
     """`rows` new score rows with ids lo..lo+rows-1 (an embedding of `dim` floats)."""
     from pyspark.sql import functions as F
+    from scale_ladder import conform
 
     from jobs.score import TABLE_SCHEMA
 
@@ -45,9 +46,7 @@ def chunk_rows(spark, lo: int, rows: int, dim: int):
         F.col("id").alias("sample_id"), F.lit("ok").alias("status"),
         F.array(*[F.rand(seed=k).cast("float") for k in range(dim)]).alias("image_embedding"),
         F.current_timestamp().alias("scored_at"))
-    return df.select(*[
-        (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
-        for f in TABLE_SCHEMA.fields])
+    return conform(df, TABLE_SCHEMA)
 
 
 def commit_seconds(lake, mode: str, rows: int, commits: int, dim: int) -> list[float]:

@@ -226,6 +226,14 @@ def memory(spark) -> dict[str, float]:
 # --------------------------------------------------------------------------- child side
 
 
+def conform(df, schema):
+    """`df` with exactly `schema`'s columns, in order and cast; the missing ones null."""
+    from pyspark.sql import functions as F
+
+    return df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None))
+                       .cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
 def synthetic_scores(spark, cfg, rows: int) -> None:
     """Replace scores (and, without pixels, images) by generated rows: not timed."""
     import pyarrow as pa
@@ -248,10 +256,7 @@ def synthetic_scores(spark, cfg, rows: int) -> None:
             F.lit("ok").alias("status"), F.lit("http").alias("source"),
             F.lit(1).alias("attempts"), F.current_timestamp().alias("fetched_at"))
         lake.ensure("images", IMAGES_SCHEMA)
-        images.select(*[F.col(f.name).cast(f.dataType) if f.name in images.columns
-                        else F.lit(None).cast(f.dataType).alias(f.name)
-                        for f in IMAGES_SCHEMA.fields]).writeTo(
-            lake.ref("images").name).overwrite(F.lit(True))
+        conform(images, IMAGES_SCHEMA).writeTo(lake.ref("images").name).overwrite(F.lit(True))
     ok = lake.read("images").where("status = 'ok'").select("sample_id")
     ids = set(ok.toArrow().column(0).to_numpy().tolist())
     keep = np.isin(arrow.column("sample_id").to_numpy(), np.fromiter(ids, np.int64))
@@ -277,10 +282,7 @@ def synthetic_scores(spark, cfg, rows: int) -> None:
     })
     df = spark.createDataFrame(table)
     lake.ensure("scores", SCORES_SCHEMA)
-    df.select(*[F.col(f.name).cast(f.dataType) if f.name in df.columns
-                else F.lit(None).cast(f.dataType).alias(f.name)
-                for f in SCORES_SCHEMA.fields]).writeTo(
-        lake.ref("scores").name).overwrite(F.lit(True))
+    conform(df, SCORES_SCHEMA).writeTo(lake.ref("scores").name).overwrite(F.lit(True))
     lake.set_properties("scores", {"deparrot.clip_model": "deparrot-tiny-vit:random"})
 
 
@@ -382,7 +384,7 @@ def linearity(results: dict[int, dict], sizes: list[int]) -> tuple[float, bool]:
     fixed = fixed_size(results, sizes)
     resolved = results[nxt]["seconds"] - results[fixed]["seconds"] >= NOISE_S
     floor = costs[nxt] if resolved else max(costs[nxt], NOISE_S / (nxt - fixed) * 1000)
-    return (costs[top] / floor if floor > 0 else float("inf")), resolved
+    return costs[top] / floor, resolved  # floor > 0: resolved work >= NOISE_S > 0
 
 
 def verdict(ok: bool) -> str:
