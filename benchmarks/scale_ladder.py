@@ -307,6 +307,8 @@ def child(stage: str, work: Path, rows: int, extra: list[str]) -> dict:
     out = {"seconds": seconds, **memory(spark)}
     if hasattr(report, "chunks"):
         out["chunks"] = report.chunks
+    if getattr(report, "seconds", None):  # where the stage's time went (jobs/timing.Laps)
+        out["laps"] = report.seconds
     spark.stop()
     return out
 
@@ -451,6 +453,11 @@ def report(table: dict[str, dict[int, dict]], base: int, chunk: dict | None,
         print(f"score rows_per_commit tenfold ({chunk['rows']:,} rows: {chunk['chunks_one']} vs "
               f"{chunk['chunks_ten']} chunks): {chunk['one']:.1f} s vs {chunk['ten']:.1f} s, "
               f"{change:+.1%} (goal within {CHUNK_GOAL:.0%}) {verdict(ok)}")
+        for count, laps in ((chunk["chunks_one"], chunk["laps_one"]),
+                            (chunk["chunks_ten"], chunk["laps_ten"])):
+            if laps:  # where score's time went, per run
+                print(f"  {count} chunk(s): "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in laps.items()))
     if real is not None:
         print(f"real models (bench_score bare loop: PP-OCR det+rec, ViT-B/32, ViT-L/14 + MLP, "
               f"random weights, this machine's CPU): {real:.2f} s per image = "
@@ -517,7 +524,8 @@ def main() -> None:
                                      "--rows", str(n), f"--set=score.rows_per_commit={per}",
                                      *[f"--set={x}" for x in args.extra]], env)
                     chunk = {"rows": n, "one": r["seconds"], "ten": ten["seconds"],
-                             "chunks_one": r.get("chunks"), "chunks_ten": ten.get("chunks")}
+                             "chunks_one": r.get("chunks"), "chunks_ten": ten.get("chunks"),
+                             "laps_one": r.get("laps", {}), "laps_ten": ten.get("laps", {})}
             if not args.work:
                 shutil.rmtree(work / "lake", ignore_errors=True)
         real = None
