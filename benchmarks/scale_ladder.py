@@ -453,8 +453,8 @@ def report(table: dict[str, dict[int, dict]], base: int, chunk: dict | None,
         print(f"score rows_per_commit tenfold ({chunk['rows']:,} rows: {chunk['chunks_one']} vs "
               f"{chunk['chunks_ten']} chunks): {chunk['one']:.1f} s vs {chunk['ten']:.1f} s, "
               f"{change:+.1%} (goal within {CHUNK_GOAL:.0%}) {verdict(ok)}")
-        for count, laps in ((chunk["chunks_one"], chunk.get("laps_one")),
-                            (chunk["chunks_ten"], chunk.get("laps_ten"))):
+        for count, laps in ((chunk["chunks_one"], chunk["laps_one"]),
+                            (chunk["chunks_ten"], chunk["laps_ten"])):
             if laps:  # where score's time went, per run
                 print(f"  {count} chunk(s): "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in laps.items()))
