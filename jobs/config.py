@@ -100,13 +100,27 @@ class TablesConfig:
     training_runs: str = "training_runs"
 
 
+# ingest.input_format values (jobs/ingest.py, jobs/ingest_text.py).
+INPUT_FORMATS = ("auto", "parquet", "csv", "csv.gz", "tsv", "tsv.gz", "json", "jsonl", "txt")
+
+
 @dataclass
 class IngestConfig:
-    # A parquet file or a folder of them (any depth).
+    # A file or a folder of them (any depth) in `input_format`.
     input: str = ""
-    # auto | laion400m | laion2b | datacomp
+    # auto (by file name; a folder: its parquet files, else its one text format) |
+    # parquet | csv | csv.gz | tsv | tsv.gz | json (an array of objects) | jsonl | txt
+    # (one URL a line, no caption). csv/tsv need a header row, as in img2dataset.
+    input_format: str = "auto"
+    # auto | laion400m | laion2b | datacomp (laion2b also reads any URL + caption file)
     family: str = "auto"
-    # Normalised numeric columns that must be present and finite.
+    # The source columns of url and caption (img2dataset's --url_col / --caption_col),
+    # in place of the family's own; empty = the family's (URL/TEXT, url/text).
+    url_col: str = ""
+    caption_col: str = ""
+    # Normalised numeric columns a row must fill when its file has that column (an empty
+    # WIDTH cell is missing_number:width). A file without the column at all (img2dataset's
+    # URL + caption files) is not rejected for it: its rows get a null width/height.
     required_numbers: list[str] = field(default_factory=lambda: ["width", "height"])
     # Reported image sides above this are "absurd_size" rejects.
     max_side: float = 100_000.0
@@ -114,6 +128,9 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "max_side")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, "
+                             f"got {self.input_format!r}")
 
 
 @dataclass(frozen=True)
@@ -405,10 +422,19 @@ class SampleConfig:
     # laion: the recipe's cases (jobs/sample.py); miniature: visual, parrot and mixed
     # pairs where reading is learnable (jobs/miniature_world.py).
     kind: str = "laion"
+    # Metadata columns of kind laion: laion400m (SAMPLE_ID, URL, TEXT, sizes, scores) or
+    # url_caption (URL, TEXT and a pandas index column, like img2dataset's test files).
+    shape: str = "laion400m"
+    # Metadata files: parquet | csv | tsv (with a header row).
+    format: str = "parquet"
 
     def __post_init__(self) -> None:
         if self.kind not in ("laion", "miniature"):
             raise ValueError(f"kind must be laion or miniature, got {self.kind!r}")
+        if self.shape not in ("laion400m", "url_caption"):
+            raise ValueError(f"shape must be laion400m or url_caption, got {self.shape!r}")
+        if self.format not in ("parquet", "csv", "tsv"):
+            raise ValueError(f"format must be parquet, csv or tsv, got {self.format!r}")
 
 
 @dataclass

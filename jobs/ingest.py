@@ -1,30 +1,44 @@
-"""`deparrot ingest`: LAION-style parquet metadata -> the Delta metadata table.
+"""`deparrot ingest`: LAION-style metadata (parquet, csv, tsv, json, jsonl, txt) -> the
+Delta metadata table.
 
 Three families (LAION-400M, LAION-2B/5B, DataComp pools) are normalised to one schema
-(METADATA_SCHEMA) with a stable `sample_id`. Every input row is kept or rejected with a
-reason; a row is identified by (source_file, source_row), so re-ingesting a file adds
-nothing and a crash between the two table commits is finished by the next run.
+(METADATA_SCHEMA) with a stable `sample_id`; a file with only a URL and a caption (any
+format, img2dataset's `url_col`/`caption_col`) is read as LAION-2B. Every input row is
+kept or rejected with a reason; a row is identified by (source_file, source_row), so
+re-ingesting a file adds nothing and a crash between the two table commits is finished
+by the next run. Parquet rows are numbered by Spark (`_metadata.row_index`); text files
+are parsed on the driver (jobs/ingest_text.py says why).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import Config, IngestConfig
+from jobs.config import INPUT_FORMATS, Config, IngestConfig
 from jobs.errors import UserError, first_line
+from jobs.ingest_text import stage_files
 from jobs.lake import Lake
 from jobs.stages import Stage
+from udfs import storage
 from udfs.storage import is_remote, local_path
 
 STAGE = "ingest"
 FAMILIES = ("laion400m", "laion2b", "datacomp")
+SCRATCH = "_scratch"  # under storage.files: text inputs parsed into parquet, per run
+STALE_AFTER_S = 24 * 3600  # a crashed run's scratch folder older than this is removed
 
 METADATA_SCHEMA = T.StructType(
     [
@@ -92,20 +106,45 @@ class IngestReport:
         return sum(self.rejected.values())
 
 
-def detect_family(columns: list[str]) -> str:
-    """Tell the metadata family from its columns (case-insensitive)."""
+def detect_family(columns: list[str], url_col: str = "", caption_col: str = "") -> str:
+    """Tell the metadata family from its columns (case-insensitive).
+
+    `url_col` / `caption_col` (ingest settings) name the url and caption columns when
+    they are not the family's own. A file with a URL and no id column (img2dataset's
+    URL + caption shape, a txt list of URLs) is read as LAION-2B: its id is
+    xxhash64(url, caption).
+    """
     columns = [c for c in columns if not c.startswith("_source")]
     cols = {c.lower() for c in columns}
+    if url_col and url_col.lower() in cols:
+        cols.add("url")
+    if caption_col and caption_col.lower() in cols:
+        cols.add("text")
     if "uid" in cols and "url" in cols:
         return "datacomp"
     if "sample_id" in cols and "url" in cols:
         return "laion400m"
-    if "url" in cols and "text" in cols:
+    if "url" in cols:
         return "laion2b"
     raise UserError(
         "cannot tell the metadata family from columns "
-        f"{sorted(columns)}; set ingest.family to one of {', '.join(FAMILIES)}"
+        f"{sorted(columns)}; set ingest.family to one of {', '.join(FAMILIES)}, or "
+        "ingest.url_col (and ingest.caption_col) to the columns holding them"
     )
+
+
+def resolve_family(columns: list[str], cfg: IngestConfig) -> str:
+    """The family to read: checks the url_col / caption_col overrides name columns."""
+    have = {c.lower() for c in columns if not c.startswith("_source")}
+    for key in ("url_col", "caption_col"):
+        name = getattr(cfg, key)
+        if name and name.lower() not in have:
+            shown = sorted(c for c in columns if not c.startswith("_source"))
+            raise UserError(f"ingest.{key}={name!r}: the input has no such column "
+                            f"(its columns: {shown})")
+    if cfg.family != "auto":
+        return cfg.family
+    return detect_family(columns, cfg.url_col, cfg.caption_col)
 
 
 def skip_when_complete(spark: SparkSession, cfg: Config) -> str | None:
@@ -113,55 +152,237 @@ def skip_when_complete(spark: SparkSession, cfg: Config) -> str | None:
     lake = Lake(spark, cfg)
     if not cfg.ingest.input or not lake.exists("metadata") or not lake.exists("rejects"):
         return None
-    given = read_input(spark, cfg.ingest.input).groupBy(
-        F.col("_source_file").alias("source_file")).count()
-    kept = lake.read("metadata").groupBy("source_file").count()
-    rejected = lake.read("rejects").where(F.col("stage") == STAGE).groupBy(
-        "source_file").count()
-    have = kept.unionByName(rejected).groupBy("source_file").agg(F.sum("count").alias("have"))
-    missing = given.join(have, "source_file", "left").where(
-        F.coalesce(F.col("have"), F.lit(0)) != F.col("count"))
-    if missing.limit(1).count():
-        return None
+    with opened_input(spark, cfg) as source:
+        given = source.df.groupBy(F.col("_source_file").alias("source_file")).count()
+        kept = lake.read("metadata").groupBy("source_file").count()
+        rejected = lake.read("rejects").where(F.col("stage") == STAGE).groupBy(
+            "source_file").count()
+        have = kept.unionByName(rejected).groupBy("source_file").agg(
+            F.sum("count").alias("have"))
+        missing = given.join(have, "source_file", "left").where(
+            F.coalesce(F.col("have"), F.lit(0)) != F.col("count"))
+        if missing.limit(1).count():
+            return None
     return "every input row is already accounted for"
 
 
-def read_input(spark: SparkSession, path: str) -> DataFrame:
+@dataclass
+class Input:
+    """The input rows: the files' own columns plus `_source_file`, `_source_row` (and for
+    text formats `_source_error`, `_source_text`, see jobs/ingest_text.py)."""
+
+    df: DataFrame
+    format: str
+    # source_file -> its lower-case column names, where files differ (else empty: every
+    # file has every column of `df`). Filled on first use by `_file_columns`.
+    file_columns: dict[str, frozenset[str]] | None = None
+    _file_columns: Callable[[], dict[str, frozenset[str]]] | None = None
+
+    def files_without(self, column: str) -> list[str]:
+        """The source_file of every file that has no column `column` (any case)."""
+        if self.file_columns is None:
+            self.file_columns = self._file_columns() if self._file_columns else {}
+        name = column.lower()
+        return sorted(f for f, cols in self.file_columns.items() if name not in cols)
+
+
+def input_format(path: str, setting: str = "auto") -> str:
+    """`setting`, or for `auto` the format its name says; a local folder's: parquet when it
+    holds parquet files (whatever sidecars lie beside them), else its one text format."""
+    if setting != "auto":
+        return setting
+    named = format_of(path)
+    if named:
+        return named
+    if is_remote(path):
+        return "parquet"  # Spark lists it; set ingest.input_format for text files there
+    root = local_path(path)
+    if not os.path.exists(root):
+        raise UserError(f"input path not found: {path}")
+    if os.path.isfile(root):
+        raise UserError(f"cannot tell the format of {path} from its name: set "
+                        f"ingest.input_format to one of {', '.join(INPUT_FORMATS[1:])}")
+    present = {format_of(f) for f in _walk(root)} - {None}
+    if "parquet" in present or not present:
+        return "parquet"
+    if len(present) == 1:
+        return present.pop()  # type: ignore[return-value]
+    raise UserError(f"{path} holds {', '.join(sorted(present))} files: set "  # type: ignore
+                    "ingest.input_format to the format to read")
+
+
+def format_of(path: str) -> str | None:
+    """The input format a file name says (`.tsv.gz` -> tsv.gz), None for other files and
+    for sidecars: hidden names (`_SUCCESS`, `.crc`) and img2dataset's `*_stats.json`."""
+    name = os.path.basename(str(path).rstrip("/")).lower()
+    if name.startswith((".", "_")) or name.endswith("_stats.json"):
+        return None
+    for fmt in sorted(INPUT_FORMATS[1:], key=len, reverse=True):
+        if name.endswith("." + fmt):
+            return fmt
+    return None
+
+
+@contextmanager
+def opened_input(spark: SparkSession, cfg: Config) -> Iterator[Input]:
+    """The input of `cfg.ingest`, readable (many times) until the block ends.
+
+    Parquet is read by Spark in place. Text formats are parsed once, here, into a per-run
+    scratch folder under storage.files that is removed when the block ends; every error
+    of a file is raised here, before the stage writes anything.
+    """
+    path, fmt = cfg.ingest.input, input_format(cfg.ingest.input, cfg.ingest.input_format)
+    if fmt == "parquet":
+        yield read_input(spark, path)
+        return
+    files = input_files(path, fmt)
+    _remove_stale_scratch(cfg)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder = cfg.shared(f"{SCRATCH}/ingest-{stamp}-{uuid.uuid4().hex[:8]}")
+    try:
+        staged = stage_files(files, fmt, folder, lambda p: spark_path(spark, p),
+                             cfg.ingest.url_col)
+        check_columns(staged.columns, path)
+        df = spark.read.option("mergeSchema", "true").parquet(folder)
+        have = set(df.columns)
+        # The bytes become strings as they are (no decoding): validate rejects the rows
+        # whose text is not UTF-8, as it does for a parquet binary column.
+        df = df.select(
+            *[(_col(c) if c in have else F.lit(None)).cast("string").alias(c)
+              for c in staged.columns],
+            "_source_file", "_source_row", "_source_error", "_source_text")
+        yield Input(df, fmt, staged.file_columns)
+    finally:
+        storage.remove(folder)
+
+
+def _remove_stale_scratch(cfg: Config) -> None:
+    """Scratch folders a crashed run left behind (older than STALE_AFTER_S)."""
+    folder = cfg.shared(SCRATCH)
+    now = time.time()
+    for name in storage.listdir(folder):
+        stamp = re.match(r"ingest-(\d{8}T\d{6})-", name)
+        if stamp and now - time.mktime(time.strptime(stamp.group(1), "%Y%m%dT%H%M%S")) \
+                > STALE_AFTER_S:
+            storage.remove(storage.join(folder, name))
+
+
+def spark_path(spark: SparkSession, path: str) -> str:
+    """`path` as Spark names a file it reads (`_metadata.file_path`: `file:/a%20b.csv`),
+    so text and parquet inputs record `source_file` alike."""
+    target = path if is_remote(path) else "file:" + os.path.realpath(local_path(path))
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(target).toUri().toString()
+
+
+def read_input(spark: SparkSession, path: str) -> Input:
     """Read a parquet file or a folder of them, tagging each row with its file and row.
 
     Only `*.parquet` files are read, so sidecar files (img2dataset's `_stats.json`,
-    `_SUCCESS`, checksums) beside the metadata are ignored.
+    `_SUCCESS`, checksums) beside the metadata are ignored. Local files whose column sets
+    differ (one with WIDTH, one without) are read with Spark's mergeSchema, which
+    otherwise takes the columns of one file for all; `Input.files_without` then tells the
+    files that lack a column.
     """
+    schemas: dict[str, dict[str, str] | None] = {}
     try:
         if is_remote(path):  # object stores have no symlinks: Spark lists them
             df = (spark.read.option("recursiveFileLookup", "true")
                   .option("pathGlobFilter", "*.parquet").parquet(path))
         else:
-            df = spark.read.parquet(*parquet_files(path))
+            files = parquet_files(path)
+            schemas = _footer_schemas(files)
+            merge = len({frozenset(c) for c in schemas.values() if c is not None}) > 1
+            df = spark.read.option("mergeSchema", str(merge).lower()).parquet(*files)
     except UserError:
         raise
     except Exception as exc:
-        raise input_error(exc, path) from None
+        raise input_error(exc, path, _odd_file(schemas)) from None
+    columns = {f: (frozenset(c) if c is not None else None) for f, c in schemas.items()}
     check_columns(df.columns, path)
-    return df.select(
+    df = df.select(
         "*",
         F.col("_metadata.file_path").alias("_source_file"),
         F.col("_metadata.row_index").alias("_source_row"),
     )
+    differ = len({c for c in columns.values() if c is not None}) > 1
+
+    def file_columns() -> dict[str, frozenset[str]]:
+        """Spark's name of each file -> its columns (one pass over the file names)."""
+        names = [r[0] for r in df.select("_source_file").distinct().collect()]
+        by_spark = {}
+        for name in names:
+            local = os.path.realpath(unquote(urlparse(name).path))
+            if columns.get(local) is not None:
+                by_spark[name] = columns[local]
+        return by_spark
+
+    return Input(df, "parquet", None if differ else {}, file_columns if differ else None)
+
+
+def _footer_schemas(files: list[str]) -> dict[str, dict[str, str] | None]:
+    """Each parquet file's columns (lower-case name -> Arrow type) from its footer
+    (None: unreadable, which Spark then reports)."""
+    import pyarrow.parquet as pq
+
+    def schema(path: str) -> dict[str, str] | None:
+        try:
+            return {f.name.lower(): str(f.type) for f in pq.read_schema(path)}
+        except Exception:  # noqa: BLE001 - a corrupt file is Spark's error to report
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(files, pool.map(schema, files), strict=True))
+
+
+def _odd_file(schemas: dict[str, dict[str, str] | None]) -> str | None:
+    """The first file whose type for a column differs from an earlier file's."""
+    first: dict[str, str] = {}
+    for path, columns in schemas.items():
+        for name, kind in (columns or {}).items():
+            if first.setdefault(name, kind) != kind:
+                return path
+    return None
 
 
 def parquet_files(path: str) -> list[str]:
-    """Every `*.parquet` file under a local path, each real file once, in a stable order.
+    """Every `*.parquet` file under a local path (see `input_files`)."""
+    return input_files(path, "parquet")
 
-    Symlinks are followed (a linked folder of shards is common) but each real file and
-    folder is visited once, so a symlink loop or two links to one folder cannot read a
-    file twice (which would turn every row into a duplicate_id reject).
+
+def input_files(path: str, fmt: str) -> list[str]:
+    """Every file of format `fmt` under `path`, each real file once, in a stable order.
+
+    A file given by name is read whatever its name. In a folder (any depth), a file is
+    read when its name ends in `.<fmt>` and is not a sidecar (see `format_of`; parquet
+    keeps reading every `*.parquet`). Symlinks are followed (a linked folder of shards is
+    common) but each real file and folder is visited once, so a symlink loop or two links
+    to one folder cannot read a file twice (which would turn every row into a
+    duplicate_id reject).
     """
+    if is_remote(path):
+        fs, inner = storage.filesystem(path)
+        if fs.isfile(inner):
+            return [path]
+        scheme = path.split("://", 1)[0]
+        found = sorted(p for p in fs.find(inner) if format_of(p) == fmt)
+        if not found:
+            raise UserError(f"no {fmt} files in {path}")
+        return [f"{scheme}://{p}" for p in found]
     root = local_path(path)
     if not os.path.exists(root):
         raise UserError(f"input path not found: {path}")
     if os.path.isfile(root):
         return [os.path.realpath(root)]
+    files = [f for f in _walk(root) if (f.endswith(".parquet") if fmt == "parquet"
+                                        else format_of(f) == fmt)]
+    if not files:
+        hint = " (ingest.input_format reads csv, tsv, json, jsonl or txt instead)"
+        raise UserError(f"no {fmt} files in {path}{hint if fmt == 'parquet' else ''}")
+    return files
+
+
+def _walk(root: str) -> list[str]:
+    """Every regular file under a local folder, by real path, each once, sorted."""
     files: dict[str, None] = {}
     seen_dirs: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
@@ -173,10 +394,8 @@ def parquet_files(path: str) -> list[str]:
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(folder, name)
-            if name.endswith(".parquet") and os.path.isfile(full):
+            if os.path.isfile(full):
                 files.setdefault(os.path.realpath(full), None)
-    if not files:
-        raise UserError(f"no parquet files in {path}")
     return list(files)
 
 
@@ -192,11 +411,19 @@ def check_columns(columns: list[str], path: str) -> None:
                         "deparrot matches columns case-insensitively; drop or rename one")
 
 
+def _col(name: str) -> Column:
+    """A column by its exact name, whatever characters it holds."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 _BAD_FILE = re.compile(r"((?:[a-z][a-z0-9+.-]*:)?/[^\s'\"]*?\.parquet)", re.IGNORECASE)
 
 
-def input_error(exc: Exception, path: str) -> Exception:
-    """Turn Spark's reading errors into one line a person can act on (else re-raise)."""
+def input_error(exc: Exception, path: str, odd_file: str | None = None) -> Exception:
+    """Turn Spark's reading errors into one line a person can act on (else re-raise).
+
+    `odd_file`: the file whose column types differ, where the caller knows it (Spark's
+    schema merge names no file)."""
     text = str(exc)
     if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
         return UserError(f"input path not found: {path}")
@@ -204,7 +431,8 @@ def input_error(exc: Exception, path: str) -> Exception:
                 "cannot be converted", "CANNOT_MERGE_SCHEMAS")
     if any(m in text for m in mismatch):
         bad = _BAD_FILE.search(text)
-        where = f"parquet file {bad.group(1)}" if bad else f"the files in {path}"
+        named = bad.group(1) if bad else odd_file
+        where = f"parquet file {named}" if named else f"the files in {path}"
         return UserError(f"cannot read {where}: its column types differ from the other "
                          "input files' (e.g. WIDTH as text in one, a number in another); "
                          "convert it to the same schema, or ingest it on its own")
@@ -222,25 +450,47 @@ def input_error(exc: Exception, path: str) -> Exception:
     return exc
 
 
-def normalise(raw: DataFrame, family: str) -> DataFrame:
+def normalise(raw: DataFrame, family: str, cfg: IngestConfig | None = None,
+              files_without: Callable[[str], list[str]] | None = None) -> DataFrame:
     """Map a family's columns onto METADATA_SCHEMA (the original row is not carried: only
-    rejects keep it, joined back from the input by `original_records`)."""
+    rejects keep it, joined back from the input by `original_records`).
+
+    `cfg.url_col` / `cfg.caption_col` replace the family's url / text columns. For each
+    of `cfg.required_numbers`, `_has_<name>` says whether the row's file has the column
+    (`files_without(column)` names the files that do not), so validate rejects an empty
+    WIDTH only where the file has a WIDTH column.
+    """
     if family not in COLUMN_MAP:
         raise UserError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     by_lower = {c.lower(): c for c in raw.columns if not c.startswith("_source")}
-    mapping = COLUMN_MAP[family]
+    mapping = dict(COLUMN_MAP[family])
+    if cfg is not None and cfg.url_col:
+        mapping["url"] = cfg.url_col
+    if cfg is not None and cfg.caption_col:
+        mapping["text"] = cfg.caption_col
+    required = set(cfg.required_numbers) if cfg is not None else set()
 
     types = {f.name: f.dataType for f in raw.schema.fields}
 
-    def src(name: str) -> Column | None:
+    def actual(name: str) -> str | None:
         col = mapping.get(name)
-        actual = by_lower.get(col.lower()) if col else None
-        if actual and isinstance(types[actual], (T.ArrayType, T.MapType, T.StructType)):
+        return by_lower.get(col.lower()) if col else None
+
+    def src(name: str) -> Column | None:
+        found = actual(name)
+        if found and isinstance(types[found], (T.ArrayType, T.MapType, T.StructType)):
             raise UserError(
-                f"input column {actual} is {types[actual].simpleString()}; deparrot reads "
+                f"input column {found} is {types[found].simpleString()}; deparrot reads "
                 f"it as {'a number' if name in NUMERIC else 'text'}: flatten or convert the "
                 "column first (ingest.family tells which columns are read)")
-        return F.col(f"`{actual}`") if actual else None
+        return _col(found) if found else None
+
+    def present(name: str) -> Column:
+        found = actual(name)
+        if found is None:
+            return F.lit(False)  # no file has the column
+        lacking = files_without(found) if files_without is not None else []
+        return ~F.col("_source_file").isin(lacking) if lacking else F.lit(True)
 
     out = []
     for fld in METADATA_SCHEMA.fields:
@@ -257,6 +507,10 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
             out.append(col.cast("string").alias(f"_raw_{name}"))
         else:
             out.append(col.cast("string").alias(name))
+        if name in required:
+            out.append(present(name).alias(f"_has_{name}"))
+    if "_source_error" in raw.columns:  # a text record the parser could not use
+        out.append(F.col("_source_error").alias("_read_error"))
     df = raw.select(
         *out,
         F.lit(family).alias("family"),
@@ -267,23 +521,29 @@ def normalise(raw: DataFrame, family: str) -> DataFrame:
 
 
 def original_records(raw: DataFrame) -> DataFrame:
-    """(source_file, source_row, _original): each input row's own columns as a struct,
-    for the rejects' `record` (JSON is made only for the rows that are rejected)."""
+    """(source_file, source_row, _record): each input row's own columns as JSON, for the
+    rejects' `record` (the plan makes it only for the rows that are rejected); a text
+    record the parser could not split into columns is its raw text."""
     original = [c for c in raw.columns if not c.startswith("_source")]
+    record = F.to_json(F.struct(*[_col(c).alias(c) for c in original]))
+    if "_source_text" in raw.columns:
+        record = F.coalesce(F.col("_source_text").cast("string"), record)
     return raw.select(F.col("_source_file").alias("source_file"),
                       F.col("_source_row").cast("long").alias("source_row"),
-                      F.struct(*[F.col(f"`{c}`") for c in original]).alias("_original"))
+                      record.alias("_record"))
 
 
 def _sample_id(family: str) -> Column:
-    """LAION-400M keeps its SAMPLE_ID; the others get a stable 64-bit hash of their key."""
+    """LAION-400M keeps its SAMPLE_ID; the others get a stable 64-bit hash of their key.
+
+    LAION-2B's key is (url, text); a row without a caption (a txt list, kept with
+    ingest.require_text off) hashes its url alone (xxhash64 skips nulls).
+    """
     if family == "laion400m":
         return F.col("source_uid").try_cast("long")
     if family == "datacomp":
         return F.when(F.col("source_uid").isNotNull(), F.xxhash64("source_uid"))
-    return F.when(
-        F.col("url").isNotNull() & F.col("text").isNotNull(), F.xxhash64("url", "text")
-    )
+    return F.when(F.col("url").isNotNull(), F.xxhash64("url", "text"))
 
 
 def _finite(c: Column) -> Column:
@@ -306,7 +566,9 @@ def validate(df: DataFrame, cfg: IngestConfig) -> DataFrame:
     for name in cfg.required_numbers:
         if name not in NUMERIC:
             raise UserError(f"ingest.required_numbers: {name!r} is not one of {NUMERIC}")
-        rules.append((F.col(name).isNull(), f"missing_number:{name}"))
+        # Only where the row's file has the column: a URL + caption file has no WIDTH.
+        has = F.col(f"_has_{name}") if f"_has_{name}" in df.columns else F.lit(True)
+        rules.append((has & F.col(name).isNull(), f"missing_number:{name}"))
     for name in NUMERIC:
         rules.append((F.col(name).isNotNull() & ~_finite(F.col(name)), f"non_finite:{name}"))
     for name in ("width", "height"):
@@ -320,6 +582,8 @@ def validate(df: DataFrame, cfg: IngestConfig) -> DataFrame:
     reason: Column = F.lit(None).cast("string")
     for cond, name in reversed(rules):
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(name)).otherwise(reason)
+    if "_read_error" in df.columns:  # a malformed text record: its columns mean nothing
+        reason = F.coalesce(F.col("_read_error"), reason)
     return df.withColumn("reason", reason)
 
 
@@ -360,24 +624,30 @@ def classify(checked: DataFrame, existing: DataFrame | None) -> DataFrame:
     )
 
 
-def transform(raw: DataFrame, cfg: IngestConfig, existing: DataFrame | None) -> DataFrame:
-    family = cfg.family if cfg.family != "auto" else detect_family(raw.columns)
-    checked = validate(normalise(raw, family), cfg)
-    return classify(checked.drop(*[c for c in checked.columns if c.startswith("_raw_")]),
-                    existing)
+def transform(raw: DataFrame, cfg: IngestConfig, existing: DataFrame | None,
+              files_without: Callable[[str], list[str]] | None = None) -> DataFrame:
+    family = resolve_family(raw.columns, cfg)
+    checked = validate(normalise(raw, family, cfg, files_without), cfg)
+    scratch = [c for c in checked.columns if c.startswith(("_raw_", "_has_", "_read_"))]
+    return classify(checked.drop(*scratch), existing)
 
 
 def run(spark: SparkSession, cfg: Config) -> IngestReport:
     if not cfg.ingest.input:
         raise UserError("ingest.input is empty: pass --input PATH or --set ingest.input=PATH")
-    raw = read_input(spark, cfg.ingest.input)  # bad paths fail before any table exists
-    family = cfg.ingest.family if cfg.ingest.family != "auto" else detect_family(raw.columns)
-    normalise(raw, family)  # column types checked before any table exists
+    # Bad paths and unreadable text files fail here, before any table exists.
+    with opened_input(spark, cfg) as source:
+        return _ingest(spark, cfg, source)
+
+
+def _ingest(spark: SparkSession, cfg: Config, source: Input) -> IngestReport:
+    raw = source.df
+    normalise(raw, resolve_family(raw.columns, cfg.ingest), cfg.ingest)  # types checked
     lake = Lake(spark, cfg)
     lake.ensure("metadata", METADATA_SCHEMA)
     # Pin the version we compare against so both commits below see the same classification.
     existing = lake.read("metadata", version=lake.version("metadata"))
-    classified = transform(raw, cfg.ingest, existing)
+    classified = transform(raw, cfg.ingest, existing, source.files_without)
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # Read everything before the first commit: a corrupt file stops the job here,
@@ -404,7 +674,7 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
             "sample_id",
             "source_file",
             "source_row",
-            F.make_valid_utf8(F.to_json("_original")).alias("record"),
+            F.make_valid_utf8("_record").alias("record"),
         )
         lake.add_rejects(rejects)
         report = IngestReport()
@@ -421,6 +691,8 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     return report
 
 
-STAGES = (Stage("ingest", "LAION-style parquet metadata -> Delta metadata table", run,
-                flags={"--input": "ingest.input", "--family": "ingest.family"},
+STAGES = (Stage("ingest", "LAION-style parquet/csv/tsv/json/txt metadata -> Delta metadata "
+                "table", run,
+                flags={"--input": "ingest.input", "--format": "ingest.input_format",
+                       "--family": "ingest.family"},
                 pipeline=True, skip=skip_when_complete),)

@@ -1,14 +1,17 @@
 """`deparrot sample`: a small LAION-400M-style sample with the cases the recipe must handle.
 
-It writes `metadata/*.parquet` (the LAION-400M columns), `images/` (the files the URLs
-point at, served by a local HTTP server in the demo and tests) and `truth.parquet`
-(the kind of each row, which only tests and the demo read). Kinds:
-photo (no text), text (rendered words, caption parrots them), exact_dup / near_dup
-(of a photo), broken (truncated, empty, HTML, random bytes), and invalid metadata rows.
+It writes `metadata/part-*.<format>` (the LAION-400M columns, or with `shape:
+url_caption` only URL and TEXT plus a pandas index column, the shape of img2dataset's
+test files; as parquet, csv or tsv), `images/` (the files the URLs point at, served by a
+local HTTP server in the demo and tests) and `truth.parquet` (the kind of each row, which
+only tests and the demo read). Kinds: photo (no text), text (rendered words, caption
+parrots them), exact_dup / near_dup (of a photo), broken (truncated, empty, HTML, random
+bytes), and invalid metadata rows.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,8 @@ THINGS = ["mountain lake", "red flower", "forest path", "sandy beach", "city sky
 STYLES = ["a photo of a", "a watercolor of a", "close-up of a", "a picture of a"]
 INVALID_KINDS = ["missing_url", "bad_url", "missing_text", "non_finite", "negative_size",
                  "duplicate_id"]
+# A URL + caption file has no sizes or scores to break; its duplicate repeats URL and TEXT.
+URL_CAPTION_INVALID_KINDS = ["missing_url", "bad_url", "missing_text", "duplicate_id"]
 BROKEN_KINDS = ["truncated", "empty", "html", "random"]
 LAION400M_SCHEMA = pa.schema(
     [
@@ -105,9 +110,10 @@ def broken_bytes(kind: str, rng: np.random.Generator, size: int) -> bytes:
     return rng.integers(0, 256, 2048, dtype=np.uint8).tobytes()
 
 
-def _plan(rows: int, rng: np.random.Generator) -> list[str]:
+def _plan(rows: int, rng: np.random.Generator, invalid: list[str] = INVALID_KINDS
+          ) -> list[str]:
     """Kinds per row: fixed shares, at least one of every case once rows >= 40."""
-    n_invalid = max(len(INVALID_KINDS), rows // 20)
+    n_invalid = max(len(invalid), rows // 20)
     n_broken = max(len(BROKEN_KINDS), rows // 20)
     n_exact = max(2, rows // 16)
     n_near = max(2, rows // 16)
@@ -117,7 +123,7 @@ def _plan(rows: int, rng: np.random.Generator) -> list[str]:
         raise ValueError(f"sample.rows={rows} is too small; use at least 40")
     kinds = (["photo"] * n_photo + ["text"] * n_text + ["exact_dup"] * n_exact
              + ["near_dup"] * n_near + [f"broken:{BROKEN_KINDS[i % 4]}" for i in range(n_broken)]
-             + [f"invalid:{INVALID_KINDS[i % len(INVALID_KINDS)]}" for i in range(n_invalid)])
+             + [f"invalid:{invalid[i % len(invalid)]}" for i in range(n_invalid)])
     # Photos first so duplicates can refer back to an earlier photo; shuffle the rest.
     head, tail = kinds[:n_photo], kinds[n_photo:]
     rng.shuffle(tail)
@@ -136,7 +142,8 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     images_dir = out / "images"
     if cfg.images:
         images_dir.mkdir(parents=True, exist_ok=True)
-    kinds = _plan(cfg.rows, rng)
+    url_caption = cfg.shape == "url_caption"
+    kinds = _plan(cfg.rows, rng, URL_CAPTION_INVALID_KINDS if url_caption else INVALID_KINDS)
     base = cfg.base_url.rstrip("/") + "/images/"
     size = cfg.image_size
     records: list[dict] = []
@@ -173,7 +180,7 @@ def generate(cfg: SampleConfig) -> SampleSummary:
             "aesthetic": float(np.round(rng.uniform(4.2, 6.5), 4)),
         }
         if kind.startswith("invalid:"):
-            _break_record(record, kind.split(":", 1)[1], records)
+            _break_record(record, kind.split(":", 1)[1], records, url_caption)
         if data is not None and cfg.images:
             (images_dir / name).write_bytes(data)
         records.append(record)
@@ -183,7 +190,10 @@ def generate(cfg: SampleConfig) -> SampleSummary:
         chunk = records[f * per_file:(f + 1) * per_file]
         if chunk:
             table = pa.Table.from_pylist(chunk, schema=LAION400M_SCHEMA)
-            pq.write_table(table, out / "metadata" / f"part-{f:05d}.parquet")
+            if url_caption:
+                index = pa.array(range(f * per_file, f * per_file + len(chunk)), pa.int64())
+                table = table.select(["URL", "TEXT"]).append_column(PANDAS_INDEX, index)
+            write_metadata(table, out / "metadata" / f"part-{f:05d}.{cfg.format}", cfg.format)
     pq.write_table(pa.Table.from_pylist(truth), out / "truth.parquet")
     counts: dict[str, int] = {}
     for t in truth:
@@ -195,7 +205,28 @@ def generate_from_config(cfg: Config) -> SampleSummary:
     return generate(cfg.sample)
 
 
-def _break_record(record: dict, how: str, earlier: list[dict]) -> None:
+PANDAS_INDEX = "__index_level_0__"  # where pandas keeps a DataFrame's index in parquet
+
+
+def write_metadata(table: pa.Table, path: Path, fmt: str) -> None:
+    """`table` as parquet, or as csv/tsv with a header row (pandas' `to_csv` layout: its
+    index column under an empty name, empty fields for nulls, QUOTE_MINIMAL)."""
+    if fmt == "parquet":
+        pq.write_table(table, path)
+        return
+    columns = table.column_names
+    if PANDAS_INDEX in columns:  # pandas writes the index first
+        columns = [PANDAS_INDEX] + [c for c in columns if c != PANDAS_INDEX]
+        table = table.select(columns)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+        writer.writerow(["" if c == PANDAS_INDEX else c for c in columns])
+        for row in table.to_pylist():
+            writer.writerow(["" if v is None else v for v in row.values()])
+
+
+def _break_record(record: dict, how: str, earlier: list[dict], url_caption: bool = False
+                  ) -> None:
     if how == "missing_url":
         record["URL"] = None
     elif how == "bad_url":
@@ -206,6 +237,8 @@ def _break_record(record: dict, how: str, earlier: list[dict]) -> None:
         record["similarity"] = float("nan")
     elif how == "negative_size":
         record["WIDTH"] = -1.0
+    elif how == "duplicate_id" and url_caption:  # the id is xxhash64(URL, TEXT)
+        record["URL"], record["TEXT"] = earlier[0]["URL"], earlier[0]["TEXT"]
     elif how == "duplicate_id":
         record["SAMPLE_ID"] = earlier[0]["SAMPLE_ID"]
 
@@ -234,5 +267,7 @@ def metadata_table(rows: int, seed: int = 0, start_id: int = 0) -> pa.Table:
 
 
 STAGES = (Stage("sample", "write a generated LAION-style sample (metadata + images)",
-                generate_from_config, flags={"--out": "sample.out", "--rows": "sample.rows"},
+                generate_from_config, flags={"--out": "sample.out", "--rows": "sample.rows",
+                                             "--shape": "sample.shape",
+                                             "--format": "sample.format"},
                 spark=False),)
