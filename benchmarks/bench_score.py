@@ -17,6 +17,10 @@ rejects refresh and the report.
 
 Printed, all from one run:
 
+- the text filter's cost per image on CPU, before and after the OCR view and the second
+  look (`--text-filter N` real photographs from benchmarks/ocr_real; `--text-filter-only`
+  prints just that), beside CLIP B/32's image tower on the same images;
+
 - images/s for OCR alone, CLIP alone (B/32 + L/14 + MLP), the full stage in the bare
   loop and through Spark, and the Spark/bare ratio (>= 0.9 is the goal);
 - where the time goes: decode, OCR det (network, then DB post-process), OCR rec, B/32
@@ -198,6 +202,68 @@ def rec_padding_cost(jpegs: list[bytes], batch: int, cores: int, rounds: int) ->
           f"and of {max(1, batch // 3)} in reverse order, of {len(arrays)})")
 
 
+# The text filter before the real-photograph work (benchmarks/ocr_real.py): the spotter on
+# the CLIP-sized image, one look at a 512 px short side, guards in the spotter.
+BEFORE_SPOTTER = dict(look_side=0, det_limit_side_len=512, box_thresh=0.6,
+                      max_box_fraction=0.4, min_edge_density=0.03)
+
+
+def text_filter_cost(n: int, threads: int, b32: str) -> None:
+    """What the text filter costs per image on CPU, before and after the OCR view and
+    the second look, on the real evaluation set's photographs (their own sizes), with
+    CLIP B/32's image tower on the same images as the yardstick for a GPU estimate."""
+    from udfs import clip_models
+    from udfs.batched_ocr import BatchedOcrSpotter
+    from udfs.decode import decode_image
+    from udfs.images import ImageSettings, image_row
+    from udfs.ocr_view import OcrViewSettings
+    from udfs.resize import ResizeSettings, remove_border
+
+    files = sorted((Path(__file__).resolve().parent / "ocr_real" / "images").glob("*.jpg"))
+    files = files[:: max(1, len(files) // n)][:n]
+    blobs = [f.read_bytes() for f in files]
+
+    def arrays(data, view):
+        return np.asarray(decode_image(data).image) if data is not None else view
+
+    timing: dict[str, float] = {}
+    rows = {}
+    for name, side in (("before", 0), ("after", OcrViewSettings().side)):
+        settings = ImageSettings(ResizeSettings(image_size=256), ocr_view=OcrViewSettings(side))
+        t0 = time.process_time()
+        rows[name] = [image_row(k, "http://x/y", b, settings, "http") for k, b in enumerate(blobs)]
+        timing[f"download {name}"] = time.process_time() - t0
+    images = [remove_border(np.asarray(decode_image(r["image"]).image),
+                            (r["original_width"], r["original_height"])) for r in rows["after"]]
+    views = [arrays(r["ocr_image"], img) for r, img in zip(rows["after"], images, strict=True)]
+    before = BatchedOcrSpotter(num_threads=threads, **BEFORE_SPOTTER)
+    after = BatchedOcrSpotter(num_threads=threads)
+    for name, spotter, inputs in (("OCR before (image, one look)", before, images),
+                                  ("OCR after (view, two looks)", after, views)):
+        spotter.spot(inputs[:1], recognize=True)
+        t0 = time.process_time()
+        for k in range(0, len(inputs), 8):
+            spotter.spot(inputs[k:k + 8], recognize=True)
+        timing[name] = time.process_time() - t0
+    import torch
+
+    torch.set_num_threads(threads)
+    model = clip_models.load_clip(b32, "random", "cpu", "fp32", random_init_ok=True)
+    clip_models.encode_images(model, images[:2], batch_size=8)
+    t0 = time.process_time()
+    clip_models.encode_images(model, images, batch_size=8)
+    timing[f"CLIP {b32} image tower"] = time.process_time() - t0
+    base = timing[f"CLIP {b32} image tower"]
+    print(f"\ntext filter cost on CPU: {len(blobs)} real photographs "
+          f"(benchmarks/ocr_real), {threads} thread(s), CPU ms per image")
+    print(f"{'':<36}{'ms/img':>9}{'x CLIP':>9}")
+    for name, sec in timing.items():
+        print(f"{name:<36}{1000 * sec / len(blobs):>9.1f}{sec / base:>9.2f}")
+    ocr_ratio = timing["OCR after (view, two looks)"] / timing["OCR before (image, one look)"]
+    dl_ratio = timing["download after"] / timing["download before"]
+    print(f"OCR after / before: {ocr_ratio:.2f}x; download after / before: {dl_ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
@@ -208,9 +274,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="more config overrides, e.g. score.spotter=rapidocr")
+    parser.add_argument("--text-filter", type=int, default=24, metavar="N",
+                        help="real photographs for the text filter's cost (0: skip)")
+    parser.add_argument("--text-filter-only", action="store_true",
+                        help="only the text filter's cost (no Spark)")
     args = parser.parse_args()
 
     b32, l14 = MODELS[args.models]
+    if args.text_filter:
+        text_filter_cost(args.text_filter, 1, "ViT-B-32")
+    if args.text_filter_only:
+        return
     work = Path(tempfile.mkdtemp(prefix="deparrot-bench-score-"))
     # The project's local settings (e.g. Delta snapshot partitions), then the bench's own.
     cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "local.yaml", [

@@ -23,6 +23,7 @@ from jobs.errors import UserError
 from udfs.bounds import at_least, within
 from udfs.decode import DEFAULT_MAX_PIXELS
 from udfs.fetch import FetchSettings
+from udfs.ocr_view import OcrViewSettings
 from udfs.parrot import ParrotSettings
 from udfs.resize import ResizeSettings
 from udfs.score import ScoreSettings
@@ -148,6 +149,9 @@ class DownloadConfig:
     # retries, SSRF guard, opt-out headers) and the img2dataset-style resizer.
     fetch: FetchSettings = field(default_factory=FetchSettings)
     resize: ResizeSettings = field(default_factory=ResizeSettings)
+    # The original again at text-detection size, for the spotter (udfs/ocr_view.py):
+    # side 0 stores none, and OCR reads the CLIP-sized image.
+    ocr_view: OcrViewSettings = field(default_factory=OcrViewSettings)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:

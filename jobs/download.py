@@ -49,6 +49,9 @@ IMAGES_SCHEMA = T.StructType(
         T.StructField("retryable", T.BooleanType(), True),
         T.StructField("attempts", T.IntegerType(), True),
         T.StructField("source", T.StringType(), True),  # http | webdataset | parquet
+        # The original again at text-detection size (udfs/ocr_view.py), JPEG; null when
+        # `image` already covers it (or download.ocr_view.side is 0). The spotter reads it.
+        T.StructField("ocr_image", T.BinaryType(), True),
     ]
 )
 # What a reject says about its row: compared to tell whether the rejects are up to date.
@@ -77,7 +80,7 @@ def fetch_settings(cfg: DownloadConfig):
 def image_settings(cfg: DownloadConfig):
     from udfs.images import ImageSettings
 
-    return ImageSettings(resize=cfg.resize, max_pixels=cfg.max_pixels)
+    return ImageSettings(resize=cfg.resize, max_pixels=cfg.max_pixels, ocr_view=cfg.ocr_view)
 
 
 def pending(metadata: DataFrame, images: DataFrame) -> DataFrame:
@@ -222,6 +225,7 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     lake = Lake(spark, cfg)
     lake.require("metadata")
     lake.ensure("images", TABLE_SCHEMA)
+    lake.add_missing_columns("images", TABLE_SCHEMA)
     report = DownloadReport()
     lap = Laps(report.seconds).lap
     todo = plan(lake.read("metadata"), lake.read("images"), dl)

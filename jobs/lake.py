@@ -201,6 +201,14 @@ class Lake:
             self._registered.add(ref.name)
         return self.register(key)
 
+    def add_missing_columns(self, key: str, schema: T.StructType) -> None:
+        """A table written before a column existed gets it (null), so MERGEs by name work."""
+        have = set(self.read(key).columns)
+        missing = [f for f in schema.fields if f.name not in have]
+        if missing:
+            cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+            self.spark.sql(f"ALTER TABLE {self.ref(key).name} ADD COLUMNS ({cols})")
+
     def read(self, key: str, version: int | None = None) -> DataFrame:
         ref = self.register(key)
         reader = self.spark.read.format("delta")

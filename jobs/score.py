@@ -39,12 +39,14 @@ SCORES_SCHEMA = T.StructType([
     T.StructField("sample_id", T.LongType(), False),
     T.StructField("status", T.StringType(), False),  # ok | error
     T.StructField("error", T.StringType(), True),
+    # The boxes the text rule counts (udfs.ocr.TextRule, score.text_*): how many, the
+    # share of the image they cover, their text space-joined.
     T.StructField("ocr_box_count", T.IntegerType(), True),
     T.StructField("ocr_text_area", T.DoubleType(), True),  # fraction of the image area
     T.StructField("ocr_text", T.StringType(), True),  # recognised text, space-joined
+    # Every box the spotter returned, counted or not (the evidence a reviewer checks).
     T.StructField("ocr_boxes", T.ArrayType(BOX), True),
-    # The text rule: a box read as >= 1 letter or digit with confidence >=
-    # score.text_min_confidence (any box with score.recognize: none); udfs/score.py.
+    # The text rule: at least one box counts (ocr_box_count > 0).
     T.StructField("has_text", T.BooleanType(), True),
     T.StructField("clip_score", T.DoubleType(), True),  # cosine(image, caption), ViT-B/32
     T.StructField("clip_score_source", T.StringType(), True),  # computed | metadata
@@ -108,15 +110,6 @@ def model_files_on_shared_storage(cfg: Config) -> ScoreConfig:
         aesthetic_weights=model_file(cfg, sc.aesthetic_weights))
 
 
-def add_missing_columns(lake: Lake) -> None:
-    """Tables written before a column existed get it (null), so MERGEs by name work."""
-    have = set(lake.read("scores").columns)
-    missing = [f for f in TABLE_SCHEMA.fields if f.name not in have]
-    if missing:
-        cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
-        lake.spark.sql(f"ALTER TABLE {lake.ref('scores').name} ADD COLUMNS ({cols})")
-
-
 def random_parts(cfg: ScoreConfig) -> list[str]:
     """Config keys that would give randomly initialised weights.
 
@@ -173,8 +166,10 @@ def retried(scores: DataFrame) -> DataFrame:
 
 
 def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFrame:
+    view = F.col("ocr_image") if "ocr_image" in images.columns else F.lit(None).cast(
+        "binary").alias("ocr_image")  # an images table from before the OCR view
     ok = images.where(F.col("status") == "ok").select(
-        "sample_id", "image", "original_width", "original_height")
+        "sample_id", "image", view, "original_width", "original_height")
     return (
         ok.join(settled(scores), on="sample_id", how="left_anti")
         .join(metadata.select("sample_id", "text", "similarity", "aesthetic"), on="sample_id")
@@ -191,7 +186,7 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     if report.random_init:
         print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
     lake.ensure("scores", TABLE_SCHEMA)
-    add_missing_columns(lake)
+    lake.add_missing_columns("scores", TABLE_SCHEMA)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
     lap = Laps(report.seconds).lap
     scores = lake.read("scores", version=lake.version("scores"))

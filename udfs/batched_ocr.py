@@ -81,6 +81,14 @@ DEFAULT_BUCKET = 128
 _STRIDE = 32  # the DB network's input sizes are multiples of 32 (rapidocr's rule)
 # Recognition input widths: a crop's aspect ratio rounded up to this (x 48 px = 24 px).
 REC_RATIO_STEP = 0.5
+# The second look (see `_look`): the whole image with a margin, at this long side. A DB
+# detector finds a text line from the background around it, so a word that fills the
+# frame (a word crop, a wordmark, a banner) is invisible to the first look; the margin
+# gives it that background, and the small size shows large text at a scale the network
+# knows. Chosen with benchmarks/ocr_real.py.
+DEFAULT_LOOK_SIDE = 640
+DEFAULT_LOOK_MARGIN = 0.25  # margin on each side, as a share of the image's short side
+DEFAULT_LOOK_MAX_RATIO = 3.0  # the padded look is padded further to at most this aspect
 
 
 @dataclass
@@ -93,10 +101,12 @@ class _Plan:
     op_record: dict[str, Any]  # rapidocr's record of those steps, to map boxes back
     det_h: int  # network input size
     det_w: int
+    own: bool = True  # the caller's image (False: a second look made here)
 
     @property
     def untouched(self) -> bool:
-        return self.work is self.rgb
+        """The caller's image as it came (so its device copy can be used as it is)."""
+        return self.own and self.work is self.rgb
 
 
 class _AttrDict(dict):
@@ -182,6 +192,9 @@ class BatchedOcrSpotter:
         num_threads: int = 0,
         det_model_path: str | None = None,
         rec_model_path: str | None = None,
+        look_side: int = DEFAULT_LOOK_SIDE,
+        look_margin: float = DEFAULT_LOOK_MARGIN,
+        look_max_ratio: float = DEFAULT_LOOK_MAX_RATIO,
     ) -> None:
         from rapidocr.ch_ppocr_det.utils import DBPostProcess
 
@@ -206,6 +219,11 @@ class BatchedOcrSpotter:
         self.det_batch_size = int(det_batch_size)
         self.rec_batch_size = int(rec_batch_size)
         self.bucket = int(bucket)
+        if look_side < 0 or look_margin < 0 or look_max_ratio < 1:
+            raise ValueError("look_side and look_margin must be >= 0, look_max_ratio >= 1")
+        self.look_side = int(look_side)
+        self.look_margin = float(look_margin)
+        self.look_max_ratio = float(look_max_ratio)
         self.seconds: dict[str, float] = defaultdict(float)
 
         cuda_index = _cuda_index(device)
@@ -252,13 +270,31 @@ class BatchedOcrSpotter:
         """
         rgbs = [as_rgb_uint8(img) for img in images]
         results: list[OcrResult | None] = [None] * len(rgbs)
-        plans = []
+        plans, looks = [], []
         for i, rgb in enumerate(rgbs):
             if rgb.shape[0] == 0 or rgb.shape[1] == 0:
                 results[i] = OcrResult([], rgb.shape[0], rgb.shape[1])
             else:
                 plans.append(self._plan(i, rgb))
-        boxes = self._detect(plans, device_images)
+                if self.look_side > 0:
+                    looks.append(self._look(i, len(rgbs) + i, rgb))
+        boxes = self._detect(plans + [plan for plan, _ in looks], device_images)
+        for look, (scale, left, top) in looks:
+            second = boxes.pop(look.index, [])
+            i = look.index - len(rgbs)
+            if second:
+                h, w = rgbs[i].shape[:2]
+                cache: list = [None]
+
+                def keep(polygon, rgb=rgbs[i], h=h, w=w, cache=cache) -> bool:
+                    # No area cap: here a word may fill its whole image (the margin
+                    # is what let the detector see it); flat backdrops still fail
+                    # the edge test.
+                    return self._plausible(polygon, rgb, h, w, cache, max_fraction=1.0)
+
+                merged = _merge(boxes.get(i, []), second, scale, left, top, (h, w), keep)
+                if merged:
+                    boxes[i] = merged
         reads = self._recognize(plans, boxes) if recognize else {}
         for p in plans:
             found = boxes.get(p.index, [])
@@ -269,13 +305,40 @@ class BatchedOcrSpotter:
                     txt, confidence = reads[(p.index, k)]
                     if confidence >= self.rec_min_confidence:
                         text = txt.strip() or None
-                out.append(OcrBox(polygon, text, float(confidence)))
+                out.append(OcrBox(polygon, text, float(confidence), float(det_score)))
             results[p.index] = OcrResult(out, p.rgb.shape[0], p.rgb.shape[1])
         return results  # type: ignore[return-value]
 
+    def _look(self, image_index: int, index: int, rgb: np.ndarray
+              ) -> tuple[_Plan, tuple[float, float, float]]:
+        """The second look at an image: padded with its own border colour by
+        `look_margin` of its short side (and to at most `look_max_ratio`), then scaled
+        so its long side is `look_side`. Returns its plan and (scale, left, top) to map
+        its boxes back."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        margin = self.look_margin * min(h, w)
+        H, W = h + 2 * margin, w + 2 * margin
+        H, W = max(H, W / self.look_max_ratio), max(W, H / self.look_max_ratio)
+        H, W = int(round(H)), int(round(W))
+        edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+        canvas = np.empty((H, W, 3), np.uint8)
+        canvas[:] = np.median(edge, axis=0).astype(np.uint8)
+        top, left = (H - h) // 2, (W - w) // 2
+        canvas[top:top + h, left:left + w] = rgb
+        scale = self.look_side / max(H, W)
+        size = (max(1, round(W * scale)), max(1, round(H * scale)))
+        canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_AREA if scale < 1
+                            else cv2.INTER_LINEAR)
+        plan = self._plan(index, canvas, limit=(self.look_side, "max"))
+        plan.own = False
+        return plan, (scale, float(left), float(top))
+
     # -- detection -----------------------------------------------------------------
 
-    def _plan(self, index: int, rgb: np.ndarray) -> _Plan:
+    def _plan(self, index: int, rgb: np.ndarray,
+              limit: tuple[int, str] | None = None) -> _Plan:
         from rapidocr.utils.process_img import apply_vertical_padding, resize_image_within_bounds
 
         g = self.cfg.Global
@@ -285,7 +348,8 @@ class BatchedOcrSpotter:
             work, record = apply_vertical_padding(work, record, g.width_height_ratio,
                                                   g.min_height)
         h, w = work.shape[:2]
-        det_h, det_w = det_size(h, w, self.limit_side_len, self.limit_type)
+        side, kind = limit or (self.limit_side_len, self.limit_type)
+        det_h, det_w = det_size(h, w, side, kind)
         return _Plan(index, rgb, work, record, det_h, det_w)
 
     def _groups(self, plans: list[_Plan]) -> list[tuple[int, int, list[_Plan]]]:
@@ -428,19 +492,26 @@ class BatchedOcrSpotter:
         order = ordered[:, 4, 0].astype(int)
         height, width = p.rgb.shape[:2]
         mapped = map_boxes_to_original(ordered[:, :4, :].copy(), p.op_record, height, width)
-        grey = None
-        out = []
-        for box, k in zip(mapped, order, strict=True):
-            polygon = [(float(x), float(y)) for x, y in box]
-            area = polygon_area(polygon)
-            if area < self.min_box_area or area > self.max_box_fraction * height * width:
-                continue
-            if self.min_edge_density > 0:
-                grey = grey_levels(p.rgb) if grey is None else grey
-                if edge_density(grey, polygon) < self.min_edge_density:
-                    continue
-            out.append((polygon, float(scores[k])))
-        return out
+        polygons = [[(float(x), float(y)) for x, y in box] for box in mapped]
+        if not p.own:  # a second look: guarded in the image's own pixels (_merge)
+            return [(poly, float(scores[k])) for poly, k in zip(polygons, order, strict=True)]
+        grey: list = [None]  # computed on the first box that needs it
+        return [(polygon, float(scores[k])) for polygon, k in zip(polygons, order, strict=True)
+                if self._plausible(polygon, p.rgb, height, width, grey)]
+
+    def _plausible(self, polygon, rgb: np.ndarray, height: int, width: int,
+                   grey_cache: list, max_fraction: float | None = None) -> bool:
+        """deparrot's guards against the detector's boxes over flat backdrops."""
+        area = polygon_area(polygon)
+        limit = self.max_box_fraction if max_fraction is None else max_fraction
+        if area < self.min_box_area or area > limit * height * width:
+            return False
+        if self.min_edge_density > 0:
+            if grey_cache[0] is None:
+                grey_cache[0] = grey_levels(rgb)
+            if edge_density(grey_cache[0], polygon) < self.min_edge_density:
+                return False
+        return True
 
     # -- recognition ---------------------------------------------------------------
 
@@ -507,6 +578,34 @@ class BatchedOcrSpotter:
                 for i, (txt, score) in zip(part, lines, strict=True):
                     out[i] = (str(txt), float(score))
         return out
+
+
+def _rect(polygon: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:
+    pts = np.asarray(polygon, dtype=np.float64)
+    return pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+
+
+def _merge(first: list, second: list, scale: float, left: float, top: float,
+           shape: tuple[int, int], keep) -> list:
+    """The first look's boxes plus the second look's (mapped back into the image) that
+    are not already covered: at least half of a second-look box's rectangle inside a
+    first-look box's rectangle means the same text."""
+    h, w = shape
+    out = list(first)
+    rects = [_rect(p) for p, _ in first]
+    for polygon, score in second:
+        mapped = [(min(max(x / scale - left, 0.0), float(w)),
+                   min(max(y / scale - top, 0.0), float(h))) for x, y in polygon]
+        x0, y0, x1, y1 = _rect(mapped)
+        area = (x1 - x0) * (y1 - y0)
+        if area <= 0 or not keep(mapped):
+            continue  # wholly in the margin, or over a flat backdrop
+        covered = any(
+            max(0.0, min(x1, r[2]) - max(x0, r[0])) * max(0.0, min(y1, r[3]) - max(y0, r[1]))
+            >= 0.5 * area for r in rects)
+        if not covered:
+            out.append((mapped, score))
+    return out
 
 
 def _cuda_index(device: Any) -> int | None:

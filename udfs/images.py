@@ -20,12 +20,14 @@ import pyarrow as pa
 
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.fetch import Fetcher, FetchResult, FetchSettings
-from udfs.resize import ResizeSettings, reduced_decode_size, resize_and_encode
+from udfs.ocr_view import OcrViewSettings, decode_need, make_view
+from udfs.resize import ResizeSettings, resize_and_encode
 from udfs.worker_cache import worker_cached
 
 IMAGE_FIELDS = (
     "sample_id", "url", "image", "format", "width", "height", "original_width",
     "original_height", "sha256", "status", "error", "retryable", "attempts", "source",
+    "ocr_image",
 )
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -41,7 +43,7 @@ def arrow_schema(large_types: bool = False) -> pa.Schema:
     """
     text, blob = (pa.large_string(), pa.large_binary()) if large_types else (pa.string(),
                                                                             pa.binary())
-    types = {"sample_id": pa.int64(), "image": blob, "width": pa.int32(),
+    types = {"sample_id": pa.int64(), "image": blob, "ocr_image": blob, "width": pa.int32(),
              "height": pa.int32(), "original_width": pa.int32(),
              "original_height": pa.int32(), "retryable": pa.bool_(), "attempts": pa.int32()}
     return pa.schema([(name, types.get(name, text)) for name in IMAGE_FIELDS])
@@ -51,6 +53,8 @@ def arrow_schema(large_types: bool = False) -> pa.Schema:
 class ImageSettings:
     resize: ResizeSettings
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # The OCR view stored beside the CLIP-sized image (udfs/ocr_view.py); side 0 = none.
+    ocr_view: OcrViewSettings = OcrViewSettings()
 
 
 def image_row(sample_id: int, url: str, data: bytes | None, settings: ImageSettings,
@@ -59,7 +63,7 @@ def image_row(sample_id: int, url: str, data: bytes | None, settings: ImageSetti
     row = dict.fromkeys(IMAGE_FIELDS)
     row.update(sample_id=sample_id, url=url, source=source, attempts=0, retryable=False)
     decoded = decode_image(data, max_pixels=settings.max_pixels,
-                           reduce_to=reduced_decode_size(settings.resize))
+                           reduce_to=decode_need(settings.resize, settings.ocr_view))
     if not decoded.ok:
         row.update(status="error", error=decoded.error, original_width=decoded.width,
                    original_height=decoded.height)
@@ -70,9 +74,15 @@ def image_row(sample_id: int, url: str, data: bytes | None, settings: ImageSetti
     if not resized.ok:
         row.update(status="error", error=resized.error)
         return row
+    try:
+        view = make_view(decoded.image, (decoded.width, decoded.height),
+                         (resized.width, resized.height), settings.resize, settings.ocr_view)
+    except Exception:  # Pillow raises assorted types on broken images
+        row.update(status="error", error="encode_error")
+        return row
     row.update(
         status="ok", image=resized.data, format=resized.format, width=resized.width,
-        height=resized.height, sha256=hashlib.sha256(data).hexdigest(),
+        height=resized.height, sha256=hashlib.sha256(data).hexdigest(), ocr_image=view,
     )
     return row
 

@@ -14,10 +14,11 @@ T-MARS: images with OCR boxes go through B/32 a second time with the boxes maske
 (udfs/masking.py, on the same decoded array), scored against the caption embedding the
 CLIP score computed anyway: `masked_clip_score`, which recipe.text_policy `tmars` reads.
 
-The text rule: an image has text when recognition reads at least one letter or digit
-with confidence >= `text_min_confidence` in one of its boxes. Boxes read as nothing or as
-punctuation only stay in `ocr_boxes` but do not count. With `recognize: none`
-(detection only, the fast path) any detector box counts.
+The text rule (udfs.ocr.TextRule, the `text_*` settings): an image has text when a box
+reads as letters or digits confidently enough, or is a confident line in a script the
+recogniser cannot read. Boxes that do not count stay in `ocr_boxes` (evidence) but are
+not masked. With `recognize: none` (detection only, the fast path) a box counts on its
+detector score and size.
 """
 
 from __future__ import annotations
@@ -35,7 +36,20 @@ import pandas as pd
 from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.masking import MASK_METHODS, mask_text
-from udfs.ocr import DEFAULT_SPOTTER, DEFAULT_TEXT_MIN_CONFIDENCE, check_spotter_path, reads_text
+from udfs.ocr import (
+    DEFAULT_SPOTTER,
+    DEFAULT_TEXT_MAX_BOX_FRACTION,
+    DEFAULT_TEXT_MIN_CONFIDENCE,
+    DEFAULT_TEXT_MIN_DET_SCORE,
+    DEFAULT_TEXT_SINGLE_CHAR_CONFIDENCE,
+    DEFAULT_TEXT_SURE_READ_CONFIDENCE,
+    DEFAULT_TEXT_UNREAD_MIN_DET_SCORE,
+    OcrBox,
+    OcrResult,
+    TextRule,
+    check_spotter_path,
+)
+from udfs.ocr_view import scale_polygon, view_scale
 from udfs.resize import remove_border
 from udfs.worker_cache import worker_cached
 
@@ -92,9 +106,19 @@ class ScoreSettings:
     # none: detection only (any box is text: the fast path); texted: read the boxes of
     # images with boxes; all: det+rec everywhere
     recognize: str = "texted"
-    # The text rule: an image has text when a box reads at least one letter or digit
-    # with recognition confidence >= this (benchmarks/ocr_threshold_sweep.py).
+    # The text rule (udfs.ocr.TextRule, chosen with benchmarks/ocr_real.py on real
+    # photographs): a box read as >= 1 letter or digit with recognition confidence >=
+    # text_min_confidence (one character: >= text_single_char_confidence) and a detector
+    # score >= text_min_det_score; or >= 2 read at >= text_sure_read_confidence, at any
+    # detector score and size (word crops); or unread (a script the recogniser does not
+    # know), line-shaped and detected at >= text_unread_min_det_score. Boxes over more
+    # than text_max_box_fraction of the image count only as sure reads.
     text_min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE
+    text_single_char_confidence: float = DEFAULT_TEXT_SINGLE_CHAR_CONFIDENCE
+    text_min_det_score: float = DEFAULT_TEXT_MIN_DET_SCORE
+    text_sure_read_confidence: float = DEFAULT_TEXT_SURE_READ_CONFIDENCE
+    text_unread_min_det_score: float = DEFAULT_TEXT_UNREAD_MIN_DET_SCORE
+    text_max_box_fraction: float = DEFAULT_TEXT_MAX_BOX_FRACTION
     # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path. OpenAI's, as
     # the paper: LAION's `similarity` column, the 0.3 threshold read from it and the
     # published PCA/centroids (LAION-400M features) all come from OpenAI ViT-B/32.
@@ -132,9 +156,11 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         if self.recognize not in ("none", "texted", "all"):
             raise ValueError(f"recognize must be none, texted or all, got {self.recognize!r}")
-        if not 0.0 <= self.text_min_confidence <= 1.0:
-            raise ValueError(
-                f"text_min_confidence must be in [0, 1], got {self.text_min_confidence!r}")
+        for name in ("text_min_confidence", "text_single_char_confidence",
+                     "text_min_det_score", "text_sure_read_confidence",
+                     "text_unread_min_det_score", "text_max_box_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.text_mask not in MASK_METHODS:
             raise ValueError(f"text_mask must be one of {', '.join(MASK_METHODS)}, "
                              f"got {self.text_mask!r}")
@@ -211,15 +237,26 @@ def _finite_or_none(values: pd.Series) -> list[float | None]:
 
 def has_text(result, s: ScoreSettings, recognized: bool) -> bool:
     """The stage's text rule for one OCR result (see the module docstring)."""
-    if not recognized:
-        return result.box_count > 0
-    return reads_text(result, s.text_min_confidence)
+    return text_rule(s).has_text(result, recognized)
 
 
-def spot(m: Models, arrays: list[np.ndarray], s: ScoreSettings,
+def text_boxes(result, s: ScoreSettings, recognized: bool) -> list:
+    """The boxes the text rule counts: what T-MARS masks (not a box over a whole flat
+    image, nor a fence post read as "1")."""
+    rule = text_rule(s)
+    return [b for b in result.boxes
+            if rule.box_counts(b, result.image_height, result.image_width, recognized)]
+
+
+def text_rule(s: ScoreSettings) -> TextRule:
+    return TextRule(s.text_min_confidence, s.text_single_char_confidence,
+                    s.text_min_det_score, s.text_sure_read_confidence,
+                    s.text_unread_min_det_score, s.text_max_box_fraction)
+
+
+def spot(spotter, arrays: list[np.ndarray], s: ScoreSettings,
          device_images: list | None = None) -> list:
     """OCR per `s.recognize`; one pass when the spotter only reads what it detects."""
-    spotter = m.spotter
     kw = {}
     if device_images is not None and getattr(spotter, "accepts_device_images", False):
         kw["device_images"] = device_images
@@ -236,10 +273,36 @@ def spot(m: Models, arrays: list[np.ndarray], s: ScoreSettings,
     return ocr
 
 
+def spot_views(spotter, arrays: list[np.ndarray], views: list[np.ndarray | None] | None,
+               s: ScoreSettings, device_images: list | None = None) -> list:
+    """OCR on each image's OCR view where download stored one (udfs/ocr_view.py), else
+    on the image; boxes come back in the image's coordinates, so masking, the stored
+    polygons and the text area all refer to `image`."""
+    if views is None or all(v is None for v in views):
+        return spot(spotter, arrays, s, device_images)
+    seen = [a if v is None else v for a, v in zip(arrays, views, strict=True)]
+    results = spot(spotter, seen, s)
+    out = []
+    for a, v, r in zip(arrays, views, results, strict=True):
+        if v is None:
+            out.append(r)
+            continue
+        sx, sy = view_scale(a.shape[:2], v.shape[:2])
+        boxes = [OcrBox(scale_polygon(b.polygon, sx, sy), b.text, b.confidence,
+                        b.det_score)
+                 for b in r.boxes]
+        out.append(OcrResult(boxes, a.shape[0], a.shape[1]))
+    return out
+
+
 def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
                  given_sim: list[float | None], given_aes: list[float | None],
-                 s: ScoreSettings, laps: dict[str, float] | None = None) -> list[dict]:
+                 s: ScoreSettings, laps: dict[str, float] | None = None,
+                 views: list[np.ndarray | None] | None = None) -> list[dict]:
     """Score decoded RGB arrays; raises if any model fails (the caller isolates).
+
+    `views`: each image's decoded OCR view, or None where it has none (the spotter
+    reads the image itself).
 
     `laps`, when given, accumulates wall seconds per phase (upload, ocr, b32, masked, l14, rows).
     """
@@ -251,13 +314,15 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
     dev_images = (clip_models.upload_images(arrays, m.device)
                   if m.device.type == "cuda" else None)
     lap("upload")
-    ocr = spot(m, arrays, s, dev_images)
+    ocr = spot_views(m.spotter, arrays, views, s, dev_images)
     lap("ocr")
     img_emb = clip_models.encode_images(m.b32, arrays, batch_size=s.batch_size,
                                         device_images=dev_images)
     sims: list[float | None] = list(given_sim) if s.reuse_similarity else [None] * len(ids)
     need_text = [i for i, v in enumerate(sims) if v is None]
-    boxed = [i for i, r in enumerate(ocr) if r.box_count > 0] if s.masked_clip_score else []
+    recognized = s.recognize != "none"
+    counted = [text_boxes(r, s, recognized) for r in ocr]
+    boxed = [i for i, b in enumerate(counted) if b] if s.masked_clip_score else []
     encode = sorted(set(need_text) | set(boxed))  # each caption encoded once
     txt = clip_models.encode_texts(m.b32, [texts[i] for i in encode],
                                    batch_size=s.batch_size) if encode else None
@@ -268,7 +333,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
         for i, v in zip(need_text, computed, strict=True):
             sims[i] = float(v)
     lap("b32")
-    masked = masked_scores(m, arrays, ocr, sims, boxed, txt, txt_row, s)
+    masked = masked_scores(m, arrays, counted, sims, boxed, txt, txt_row, s)
     lap("masked")
     aes: list[float | None] = list(given_aes) if s.reuse_aesthetic else [None] * len(ids)
     need_aes = [i for i, v in enumerate(aes) if v is None]
@@ -281,19 +346,19 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
             aes[i] = float(v)
     lap("l14")
     text_done, aes_done = set(need_text), set(need_aes)
-    recognized = s.recognize != "none"
     rows = []
     for k, sid in enumerate(ids):
         r = ocr[k]
+        text = OcrResult(counted[k], r.image_height, r.image_width)  # the rule's boxes
         rows.append({
             "sample_id": sid, "status": "ok", "error": None,
-            "ocr_box_count": r.box_count, "ocr_text_area": float(r.text_area_fraction),
-            "ocr_text": r.text,
+            "ocr_box_count": text.box_count, "ocr_text_area": float(text.text_area_fraction),
+            "ocr_text": text.text,
             "ocr_boxes": [
                 {"polygon": [[float(x), float(y)] for x, y in b.polygon], "text": b.text,
                  "confidence": float(b.confidence)} for b in r.boxes
             ],
-            "has_text": has_text(r, s, recognized),
+            "has_text": text.box_count > 0,
             "clip_score": sims[k],
             "clip_score_source": "computed" if k in text_done else "metadata",
             "masked_clip_score": masked[k],
@@ -307,19 +372,20 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
     return rows
 
 
-def masked_scores(m: Models, arrays: list[np.ndarray], ocr: list, sims: list[float | None],
+def masked_scores(m: Models, arrays: list[np.ndarray], boxes: list, sims: list[float | None],
                   boxed: list[int], txt: np.ndarray | None, txt_row: dict[int, int],
                   s: ScoreSettings) -> list[float | None]:
-    """T-MARS scores: B/32 on each boxed image with its boxes masked, against the caption
-    embeddings already computed (`txt`, row `txt_row[i]` for image i); clip_score for
-    images without boxes; all None when `s.masked_clip_score` is off."""
+    """T-MARS scores: B/32 on each boxed image with its text boxes (`boxes[i]`, those
+    the text rule counts) masked, against the caption embeddings already computed
+    (`txt`, row `txt_row[i]` for image i); clip_score for images without text boxes;
+    all None when `s.masked_clip_score` is off."""
     from udfs import clip_models
 
     if not s.masked_clip_score:
         return [None] * len(arrays)
     out = list(sims)
     if boxed:
-        views = [mask_text(arrays[i], [b.polygon for b in ocr[i].boxes], s.text_mask)
+        views = [mask_text(arrays[i], [b.polygon for b in boxes[i]], s.text_mask)
                  for i in boxed]
         emb = clip_models.encode_images(m.b32, views, batch_size=s.batch_size)
         scores = clip_models.clip_scores(emb, txt[[txt_row[i] for i in boxed]])
@@ -336,6 +402,7 @@ class Decoded:
     ok_idx: list[int]
     arrays: list[np.ndarray]
     errors: list[dict]
+    views: list[np.ndarray | None] = field(default_factory=list)  # per array: OCR view
 
 
 def decode_part(part: pd.DataFrame, s: ScoreSettings,
@@ -346,17 +413,28 @@ def decode_part(part: pd.DataFrame, s: ScoreSettings,
     def one(data):
         return decode_image(data, max_pixels=s.max_pixels)
 
+    def view(data):  # a view that will not decode leaves OCR to the image itself
+        if data is None:
+            return None
+        d = decode_image(data, max_pixels=s.max_pixels)
+        return np.asarray(d.image) if d.ok else None
+
     data = part["image"].tolist()
-    decoded = list(pool.map(one, data)) if pool is not None else [one(d) for d in data]
+    view_data = part["ocr_image"].tolist() if "ocr_image" in part else [None] * len(ids)
+    if pool is not None:
+        decoded, views = list(pool.map(one, data)), list(pool.map(view, view_data))
+    else:
+        decoded, views = [one(d) for d in data], [view(d) for d in view_data]
     sizes = original_sizes(part) if s.remove_border else [None] * len(ids)
-    ok_idx, arrays, errors = [], [], []
+    ok_idx, arrays, errors, kept_views = [], [], [], []
     for k, d in enumerate(decoded):
         if d.ok:
             ok_idx.append(k)
             arrays.append(remove_border(np.asarray(d.image), sizes[k]))
+            kept_views.append(views[k])
         else:
             errors.append(_error_row(ids[k], f"decode:{d.error}"))
-    return Decoded(part, ok_idx, arrays, errors)
+    return Decoded(part, ok_idx, arrays, errors, kept_views)
 
 
 def original_sizes(part: pd.DataFrame) -> list[tuple[int, int] | None]:
@@ -435,12 +513,14 @@ def _score_part(part: pd.DataFrame, s: ScoreSettings,
 
 def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
                        sims: list[float | None], aes: list[float | None], s: ScoreSettings,
-                       laps: dict[str, float] | None = None, splits: int = 0) -> list[dict]:
+                       laps: dict[str, float] | None = None, splits: int = 0,
+                       views: list[np.ndarray | None] | None = None) -> list[dict]:
     """score_images, isolating failures: a resource error halves the batch (at most
     MAX_BATCH_SPLITS times, then RetryableScoreError); any other error is looked for image
     by image, and the image that raises it gets a permanent error row."""
+    views = views if views is not None else [None] * len(ids)
     try:
-        return score_images(ids, arrays, texts, sims, aes, s, laps)
+        return score_images(ids, arrays, texts, sims, aes, s, laps, views)
     except Exception as exc:
         if is_resource_error(exc):
             _release_memory()
@@ -459,7 +539,7 @@ def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str
         for h in halves:
             out.extend(score_with_retries(ids[h], arrays[h], texts[h], sims[h], aes[h], s,
                                           laps, splits + 1 if splits < MAX_BATCH_SPLITS
-                                          else splits))
+                                          else splits, views[h]))
         return out
 
 
@@ -481,7 +561,8 @@ def score_decoded(d: Decoded, s: ScoreSettings, laps: dict[str, float] | None = 
     pick = [ids[k] for k in ok_idx], [texts[k] for k in ok_idx]
     given = [sims[k] for k in ok_idx], [aes[k] for k in ok_idx]
     try:
-        rows.extend(score_with_retries(pick[0], arrays, pick[1], given[0], given[1], s, laps))
+        rows.extend(score_with_retries(pick[0], arrays, pick[1], given[0], given[1], s, laps,
+                                       views=d.views or None))
     except RetryableScoreError as exc:
         if not last_attempt:
             raise  # the task fails; Spark runs it again (maybe on another device)

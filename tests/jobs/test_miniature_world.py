@@ -71,8 +71,9 @@ def test_held_out_visual_set_covers_every_class_and_differs_from_training_draws(
 
 def test_the_real_ocr_finds_parrot_and_mixed_text_and_little_in_visual_images():
     """The world is only useful if the pipeline's spotter sees its text (any_text drops
-    parrot and mixed pairs) and not text in the visual images."""
-    from udfs.ocr import make_spotter
+    parrot and mixed pairs) and not text in the visual images: the score stage's
+    decision (read, then the text rule)."""
+    from udfs.ocr import TextRule, make_spotter
 
     spotter = make_spotter(options={"det_limit_side_len": 256}, device="cpu", cpu_threads=1)
     rng = np.random.default_rng(5)
@@ -86,6 +87,7 @@ def test_the_real_ocr_finds_parrot_and_mixed_text_and_little_in_visual_images():
                    mixed_image(rng, 128, caption, word) if kind == "mixed" else
                    visual_image(rng, 128, caption))
             images.append(np.asarray(img))
-        found[kind] = np.mean([r.box_count > 0 for r in spotter.spot(images)])
+        found[kind] = np.mean([TextRule().has_text(r)
+                               for r in spotter.spot(images, recognize=True)])
     assert found["parrot"] >= 0.8 and found["mixed"] >= 0.8
     assert found["visual"] <= 0.2

@@ -478,6 +478,6 @@ def test_a_scores_table_from_before_masked_clip_score_gets_the_column(spark, cfg
         lake.ref("metadata").name).append()
     # The recipe reads an old table as it is (no masked score yet) ...
     assert joined(lake).first()["masked_clip_score"] is None
-    score.add_missing_columns(lake)  # ... and the score stage migrates it.
+    lake.add_missing_columns("scores", score.TABLE_SCHEMA)  # ... the stage migrates it.
     assert "masked_clip_score" in lake.read("scores").columns
     assert lake.read("scores").first()["masked_clip_score"] is None

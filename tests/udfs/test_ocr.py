@@ -74,7 +74,9 @@ def test_text_on_photo_detect_then_read(spotter):
     assert len(_letters(rec.text) & _letters("PARROT SALE")) >= 5
 
 
-def test_plain_photos_have_no_boxes(spotter):
+def test_plain_photos_have_no_text(spotter):
+    """The spotter returns candidates; the stage's text rule counts none of them here,
+    read or detection only (the guards moved from the spotter into ocr.TextRule)."""
     plains = [
         _photo(2),
         _photo(3, texture="stripes"),
@@ -82,9 +84,11 @@ def test_plain_photos_have_no_boxes(spotter):
         # Flat studio backdrop: the bundled detector's raw output covers it with one box.
         np.full((300, 400, 3), 245, np.uint8),
     ]
-    results = spotter.spot([np.asarray(p) for p in plains])
-    assert [r.box_count for r in results] == [0, 0, 0, 0]
-    assert all(r.text_area_fraction == 0.0 and r.text == "" for r in results)
+    rule = ocr.TextRule()
+    read = spotter.spot([np.asarray(p) for p in plains], recognize=True)
+    assert [rule.has_text(r) for r in read] == [False] * 4
+    detected = spotter.spot([np.asarray(p) for p in plains])
+    assert [rule.has_text(r, recognized=False) for r in detected] == [False] * 4
 
 
 def test_real_photo_has_no_boxes(spotter):
@@ -218,11 +222,26 @@ def test_batched_is_the_default_and_built_once(batched):
     assert ocr.make_spotter(ocr.BATCHED_SPOTTER, cpu_threads=1) is batched
 
 
-def test_batched_agrees_with_per_image_rapidocr(spotter, batched):
+def test_batched_agrees_with_per_image_rapidocr(batched):
+    """One look (the detector on the image, as RapidOCR runs it) gives RapidOCR's boxes
+    and text; the default second look only adds boxes (every first-look box stays)."""
+    from udfs.batched_ocr import BatchedOcrSpotter
+
     images = _test_images()
+    # Compared where boxes are clear-cut: a weak box over a whole flat image (detector
+    # score 0.5-0.6) moves with the letterbox padding, so both run with the box
+    # threshold and guards of the spotters before the text rule took them over.
+    guarded = dict(box_thresh=0.6, max_box_fraction=0.4, min_edge_density=0.03)
+    spotter = ocr.RapidOcrSpotter(**guarded)
+    one_look = BatchedOcrSpotter(look_side=0, num_threads=1, **guarded)
     for recognize in (False, True):
         ref = spotter.spot(images, recognize=recognize)
-        got = batched.spot(images, recognize=recognize)
+        both = batched.spot(images, recognize=recognize)
+        for a, b in zip(ref, both, strict=True):
+            assert b.box_count >= a.box_count
+            for box in a.boxes:
+                assert max(_iou(box.polygon, o.polygon) for o in b.boxes) > 0.9
+        got = one_look.spot(images, recognize=recognize)
         assert [r.box_count > 0 for r in got] == [r.box_count > 0 for r in ref]
         for a, b in zip(ref, got, strict=True):
             assert (b.image_height, b.image_width) == (a.image_height, a.image_width)

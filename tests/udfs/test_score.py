@@ -78,14 +78,17 @@ def test_has_text_follows_the_text_rule(reads, recognize, want):
     rows = score.score_images([1, 2, 3], _images(3), ["a", "b", "c"], [None] * 3, [None] * 3,
                               s)
     assert [r["has_text"] for r in rows] == want
-    assert all(r["ocr_box_count"] == 1 and len(r["ocr_boxes"]) == 1 for r in rows)
+    # ocr_boxes keeps every box (the evidence); ocr_box_count counts the rule's boxes.
+    assert all(len(r["ocr_boxes"]) == 1 for r in rows)
+    assert [r["ocr_box_count"] for r in rows] == [int(w) for w in want]
 
 
 def test_text_rule_threshold_from_settings():
     s = _settings(spotter=f"{__name__}:ReadingSpotter", spotter_options={"reads": ["A"]},
                   text_min_confidence=0.95)  # the spotter reads with confidence 0.9
     (row,) = score.score_images([1], _images(1), ["a"], [None], [None], s)
-    assert not row["has_text"] and row["ocr_text"] == "A"
+    assert not row["has_text"] and row["ocr_boxes"][0]["text"] == "A"
+    assert row["ocr_text"] == "" and row["ocr_box_count"] == 0  # the rule's text only
     with pytest.raises(ValueError, match="text_min_confidence"):
         _settings(text_min_confidence=1.5)
 
