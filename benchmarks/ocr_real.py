@@ -16,7 +16,7 @@ decode, resize and OCR view (udfs.images.image_row) at each `image_size`, then s
 decode (udfs.score.decode_part), spotter (udfs.score.spot_views, the configured
 spotter with its options) and text rule (udfs.score.has_text). Settings are the
 defaults unless changed with --set (the pipeline's dotted keys, e.g.
---set download.ocr_view.side=0 --set score.text_min_confidence=0.6).
+--set download.ocr_view.side=0 --set score.text_rule.min_confidence=0.7).
 
 It prints per size: recall per label and script, the false-positive rate, ms per image
 for download's work and for OCR, and the bytes stored per image; then whether a larger
@@ -24,6 +24,18 @@ size ever lost an image a smaller one found; then each goal as pass or fail:
 recall >= 0.95 on text, 1.0 on word_only, >= 0.6 on small_text, false positives <= 5%.
 
     .venv/bin/python benchmarks/ocr_real.py [--sizes 256 384 512] [--misses]
+
+The filter before the OCR view, the second look and the text rule (README "Text filter
+quality" quotes both):
+
+    .venv/bin/python benchmarks/ocr_real.py --sizes 256 512 \
+        --set download.ocr_view.side=0 \
+        --set 'score.spotter_options={"look_side": 0, "det_limit_side_len": 512,
+               "box_thresh": 0.6, "max_box_fraction": 0.4, "min_edge_density": 0.03}' \
+        --set score.text_rule.min_confidence=0.5 \
+        --set score.text_rule.single_char_confidence=0.5 \
+        --set score.text_rule.min_det_score=0 --set score.text_rule.sure_read_confidence=1 \
+        --set score.text_rule.unread_min_det_score=1 --set score.text_rule.max_box_fraction=1
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ SCORES_SCHEMA = T.StructType([
     T.StructField("sample_id", T.LongType(), False),
     T.StructField("status", T.StringType(), False),  # ok | error
     T.StructField("error", T.StringType(), True),
-    # The boxes the text rule counts (udfs.ocr.TextRule, score.text_*): how many, the
+    # The boxes the text rule counts (udfs.ocr.TextRule, score.text_rule): how many, the
     # share of the image they cover, their text space-joined.
     T.StructField("ocr_box_count", T.IntegerType(), True),
     T.StructField("ocr_text_area", T.DoubleType(), True),  # fraction of the image area

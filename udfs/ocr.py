@@ -41,7 +41,7 @@ DEFAULT_UNCLIP_RATIO = 1.6
 DEFAULT_MIN_BOX_AREA = 0.0
 # Spotter-side guards, off by default. PP-OCRv6 det sometimes returns one box over most
 # of a flat or smooth image; the text rule handles that box (a box over more than
-# text_max_box_fraction counts only when read surely). The edge test (a box needs this
+# text_rule.max_box_fraction counts only when read surely). The edge test (a box needs this
 # share of sharp steps) kept generated backdrops clean but dropped real text: on the real
 # photographs at 0.03, 38 of 47 text images were found instead of 43.
 DEFAULT_MAX_BOX_FRACTION = 1.0
@@ -49,7 +49,7 @@ DEFAULT_MIN_EDGE_DENSITY = 0.0
 # Grey-level step between neighbouring pixels that counts as an edge (above sensor noise).
 EDGE_LEVEL = 40.0
 DEFAULT_REC_MIN_CONFIDENCE = 0.5
-# The score stage's text rule (TextRule, `score.text_*`): chosen with benchmarks/ocr_real.py
+# The score stage's text rule (TextRule, `score.text_rule.*`): chosen with benchmarks/ocr_real.py
 # on real photographs (the earlier values came from generated images, section 3 of
 # benchmarks/ocr_threshold_sweep.py). A box read as at least one letter or digit counts
 # when the read is at least this sure ...
@@ -110,7 +110,7 @@ class OcrResult:
 class TextRule:
     """Which boxes make an image one "with text" (the paper's non-empty OCR result).
 
-    Thresholds are the `score.text_*` settings; see the DEFAULT_TEXT_* comments.
+    Its fields are the `score.text_rule.*` settings; see the DEFAULT_TEXT_* comments.
     """
 
     min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE
@@ -119,6 +119,11 @@ class TextRule:
     sure_read_confidence: float = DEFAULT_TEXT_SURE_READ_CONFIDENCE
     unread_min_det_score: float = DEFAULT_TEXT_UNREAD_MIN_DET_SCORE
     max_box_fraction: float = DEFAULT_TEXT_MAX_BOX_FRACTION
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"text_rule.{name} must be in [0, 1], got {value!r}")
 
     def box_counts(self, box: OcrBox, height: int, width: int, recognized: bool = True
                    ) -> bool:

@@ -14,7 +14,7 @@ T-MARS: images with OCR boxes go through B/32 a second time with the boxes maske
 (udfs/masking.py, on the same decoded array), scored against the caption embedding the
 CLIP score computed anyway: `masked_clip_score`, which recipe.text_policy `tmars` reads.
 
-The text rule (udfs.ocr.TextRule, the `text_*` settings): an image has text when a box
+The text rule (udfs.ocr.TextRule, the `text_rule` settings): an image has text when a box
 reads as letters or digits confidently enough, or is a confident line in a script the
 recogniser cannot read. Boxes that do not count stay in `ocr_boxes` (evidence) but are
 not masked. With `recognize: none` (detection only, the fast path) a box counts on its
@@ -38,12 +38,6 @@ from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.masking import MASK_METHODS, mask_text
 from udfs.ocr import (
     DEFAULT_SPOTTER,
-    DEFAULT_TEXT_MAX_BOX_FRACTION,
-    DEFAULT_TEXT_MIN_CONFIDENCE,
-    DEFAULT_TEXT_MIN_DET_SCORE,
-    DEFAULT_TEXT_SINGLE_CHAR_CONFIDENCE,
-    DEFAULT_TEXT_SURE_READ_CONFIDENCE,
-    DEFAULT_TEXT_UNREAD_MIN_DET_SCORE,
     OcrBox,
     OcrResult,
     TextRule,
@@ -106,19 +100,9 @@ class ScoreSettings:
     # none: detection only (any box is text: the fast path); texted: read the boxes of
     # images with boxes; all: det+rec everywhere
     recognize: str = "texted"
-    # The text rule (udfs.ocr.TextRule, chosen with benchmarks/ocr_real.py on real
-    # photographs): a box read as >= 1 letter or digit with recognition confidence >=
-    # text_min_confidence (one character: >= text_single_char_confidence) and a detector
-    # score >= text_min_det_score; or >= 2 read at >= text_sure_read_confidence, at any
-    # detector score and size (word crops); or unread (a script the recogniser does not
-    # know), line-shaped and detected at >= text_unread_min_det_score. Boxes over more
-    # than text_max_box_fraction of the image count only as sure reads.
-    text_min_confidence: float = DEFAULT_TEXT_MIN_CONFIDENCE
-    text_single_char_confidence: float = DEFAULT_TEXT_SINGLE_CHAR_CONFIDENCE
-    text_min_det_score: float = DEFAULT_TEXT_MIN_DET_SCORE
-    text_sure_read_confidence: float = DEFAULT_TEXT_SURE_READ_CONFIDENCE
-    text_unread_min_det_score: float = DEFAULT_TEXT_UNREAD_MIN_DET_SCORE
-    text_max_box_fraction: float = DEFAULT_TEXT_MAX_BOX_FRACTION
+    # The text rule (udfs.ocr.TextRule: which OCR boxes make an image one with text),
+    # chosen with benchmarks/ocr_real.py on real photographs: `score.text_rule.*`.
+    text_rule: TextRule = field(default_factory=TextRule)
     # CLIP ViT-B/32: an open_clip pretrained tag or a local checkpoint path. OpenAI's, as
     # the paper: LAION's `similarity` column, the 0.3 threshold read from it and the
     # published PCA/centroids (LAION-400M features) all come from OpenAI ViT-B/32.
@@ -156,11 +140,6 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         if self.recognize not in ("none", "texted", "all"):
             raise ValueError(f"recognize must be none, texted or all, got {self.recognize!r}")
-        for name in ("text_min_confidence", "text_single_char_confidence",
-                     "text_min_det_score", "text_sure_read_confidence",
-                     "text_unread_min_det_score", "text_max_box_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.text_mask not in MASK_METHODS:
             raise ValueError(f"text_mask must be one of {', '.join(MASK_METHODS)}, "
                              f"got {self.text_mask!r}")
@@ -237,21 +216,15 @@ def _finite_or_none(values: pd.Series) -> list[float | None]:
 
 def has_text(result, s: ScoreSettings, recognized: bool) -> bool:
     """The stage's text rule for one OCR result (see the module docstring)."""
-    return text_rule(s).has_text(result, recognized)
+    return s.text_rule.has_text(result, recognized)
 
 
 def text_boxes(result, s: ScoreSettings, recognized: bool) -> list:
     """The boxes the text rule counts: what T-MARS masks (not a box over a whole flat
     image, nor a fence post read as "1")."""
-    rule = text_rule(s)
+    rule = s.text_rule
     return [b for b in result.boxes
             if rule.box_counts(b, result.image_height, result.image_width, recognized)]
-
-
-def text_rule(s: ScoreSettings) -> TextRule:
-    return TextRule(s.text_min_confidence, s.text_single_char_confidence,
-                    s.text_min_det_score, s.text_sure_read_confidence,
-                    s.text_unread_min_det_score, s.text_max_box_fraction)
 
 
 def spot(spotter, arrays: list[np.ndarray], s: ScoreSettings,

@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 
 from udfs import clip_models as cm
 from udfs import score
-from udfs.ocr import OcrBox, OcrResult
+from udfs.ocr import OcrBox, OcrResult, TextRule
 
 TINY = cm.TINY_MODEL_NAME
 
@@ -85,12 +85,12 @@ def test_has_text_follows_the_text_rule(reads, recognize, want):
 
 def test_text_rule_threshold_from_settings():
     s = _settings(spotter=f"{__name__}:ReadingSpotter", spotter_options={"reads": ["A"]},
-                  text_min_confidence=0.95)  # the spotter reads with confidence 0.9
+                  text_rule=TextRule(min_confidence=0.95))  # the spotter reads at 0.9
     (row,) = score.score_images([1], _images(1), ["a"], [None], [None], s)
     assert not row["has_text"] and row["ocr_boxes"][0]["text"] == "A"
     assert row["ocr_text"] == "" and row["ocr_box_count"] == 0  # the rule's text only
-    with pytest.raises(ValueError, match="text_min_confidence"):
-        _settings(text_min_confidence=1.5)
+    with pytest.raises(ValueError, match="text_rule.min_confidence"):
+        _settings(text_rule=TextRule(min_confidence=1.5))
 
 
 def test_threaded_decode_gives_the_same_rows():
