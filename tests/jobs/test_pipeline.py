@@ -77,3 +77,33 @@ def _outcome(lake: Lake) -> tuple[list, list]:
     rejects = sorted(tuple(r) for r in lake.read("rejects").select(
         "stage", "reason", "reject_key").collect())
     return subset, rejects
+
+
+def test_url_caption_csv_reaches_the_subset_or_a_reason_through_the_cli(spark, cfg, tmp_path):
+    """img2dataset's URL + caption shape (no WIDTH/HEIGHT, no scores), as CSV, through
+    `deparrot sample` and `deparrot run`: every input row ends in the subset or in
+    rejects with a reason, and no row is rejected for the sizes its file lacks."""
+    from jobs import cli
+
+    demo = str(Path(__file__).resolve().parents[2] / "conf" / "demo.yaml")
+    sample_dir = tmp_path / "sample"
+    sample_dir.mkdir()
+    where = ["--set", f"storage.root={cfg.storage.root}",
+             "--set", f"storage.schema={cfg.storage.schema}"]
+    with serve(sample_dir) as base_url:
+        assert cli.main(["sample", "--config", demo, "--out", str(sample_dir), "--rows", "24",
+                         "--shape", "url_caption", "--format", "csv",
+                         "--set", f"sample.base_url={base_url}"]) == 0
+        assert cli.main(["run", "--config", demo, *where,
+                         "--set", f"ingest.input={sample_dir / 'metadata'}",
+                         "--set", f"cluster.artifacts={tmp_path / 'clusters'}",
+                         "--set", "cluster.k=2"]) == 0
+    lake = Lake(spark, cfg)
+    rejects = lake.read("rejects")
+    assert lake.read("subset").count() + rejects.count() == 24
+    reasons = {r["reason"] for r in rejects.collect()}
+    assert not any(r.startswith("missing_number") for r in reasons)
+    truth = pq.read_table(sample_dir / "truth.parquet").to_pandas()
+    invalid = sum(k.startswith("invalid:") for k in truth["kind"])
+    assert rejects.where(F.col("stage") == "ingest").count() == invalid
+    assert lake.read("metadata").where(F.col("width").isNotNull()).count() == 0
