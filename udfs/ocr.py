@@ -26,9 +26,10 @@ from udfs.worker_cache import clear, worker_cached
 Point = tuple[float, float]
 
 # The detector sees each image with its short side at least this (smaller ones are
-# upscaled): chosen with benchmarks/ocr_real.py on real photographs, where 512 found 8-9
-# of 18 images with small text (a sign a person must zoom to read) and 1024 found 11;
-# generated images had suggested 512 (benchmarks/ocr_threshold_sweep.py).
+# upscaled): chosen with benchmarks/ocr_real.py on real photographs, where 512 (with a
+# 1024 px view) found 8 of 18 images with small text (a sign a person must zoom to read)
+# and 1024 (with the 1280 px view) 12; generated images had suggested 512
+# (benchmarks/ocr_threshold_sweep.py).
 DEFAULT_LIMIT_SIDE_LEN = 1024
 DEFAULT_LIMIT_TYPE = "min"
 # The spotter returns candidates down to this detector score; the text rule (TextRule)
@@ -43,7 +44,8 @@ DEFAULT_MIN_BOX_AREA = 0.0
 # of a flat or smooth image; the text rule handles that box (a box over more than
 # text_rule.max_box_fraction counts only when read surely). The edge test (a box needs this
 # share of sharp steps) kept generated backdrops clean but dropped real text: on the real
-# photographs at 0.03, 38 of 47 text images were found instead of 43.
+# photographs at 0.03 (1024 px view, 512 px detector size), 38 of 47 text images were
+# found instead of 43.
 DEFAULT_MAX_BOX_FRACTION = 1.0
 DEFAULT_MIN_EDGE_DENSITY = 0.0
 # Grey-level step between neighbouring pixels that counts as an edge (above sensor noise).

@@ -26,8 +26,8 @@ from PIL import Image
 from udfs.resize import ResizeMode, ResizeSettings, encode, reduced_decode_size
 
 # Long side of the OCR view: a 1280 x 720 street scene (ICDAR's frames, signs 20-60 px
-# tall) is kept whole. At 1024 the real set's small text was found in 10 of 18 images,
-# at 1280 in 11 (benchmarks/ocr_real.py).
+# tall) is kept whole; a 1024 px view lost small text there that 1280 keeps
+# (benchmarks/ocr_real.py, with the same detector settings).
 DEFAULT_OCR_SIDE = 1280
 # JPEG quality of the view: text edges are what the detector looks for.
 DEFAULT_OCR_QUALITY = 90
