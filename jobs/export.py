@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 from jobs.config import Config, ExportConfig
 from jobs.errors import UserError
 from jobs.lake import Lake
+from jobs.session import ARROW_BATCH, scoped_conf
 from jobs.stages import Stage
 from udfs.shards import (
     INPUT_COLUMNS,
@@ -228,16 +229,8 @@ def write_pending(rows: DataFrame, keys: DataFrame, counts: dict[str, int],
     def body(batches):
         return write_shards(batches, settings)
 
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, str(batch_rows))
-    try:
+    with scoped_conf(spark, {ARROW_BATCH: str(batch_rows)}):
         return [r.asDict() for r in full.mapInPandas(body, schema=STATS_SCHEMA_DDL).collect()]
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def write_manifest(fs, settings: ShardSettings, cfg: ExportConfig, versions: dict[str, Any],

@@ -20,6 +20,7 @@ from jobs.chunks import Progress, chunk_count
 from jobs.config import Config, ScoreConfig
 from jobs.errors import UserError
 from jobs.lake import Lake, reject_rows, tally
+from jobs.session import ARROW_BATCH, scoped_conf
 from jobs.stages import Stage
 from jobs.timing import Laps
 from jobs.work_queue import staged
@@ -178,6 +179,11 @@ def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFr
 
 def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     sc = model_files_on_shared_storage(cfg)
+    with scoped_conf(spark, {ARROW_BATCH: str(sc.arrow_batch_size)}):
+        return _run(spark, cfg, sc)
+
+
+def _run(spark: SparkSession, cfg: Config, sc: ScoreConfig) -> ScoreReport:
     score_settings(sc)  # validate on the driver
     lake = Lake(spark, cfg)
     for upstream in ("metadata", "images"):
@@ -187,7 +193,6 @@ def run(spark: SparkSession, cfg: Config) -> ScoreReport:
         print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
     lake.ensure("scores", TABLE_SCHEMA)
     lake.add_missing_columns("scores", TABLE_SCHEMA)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
     lap = Laps(report.seconds).lap
     scores = lake.read("scores", version=lake.version("scores"))
     todo = pending(lake.read("images"), lake.read("metadata"), scores)

@@ -26,6 +26,28 @@ class SparkStartError(RuntimeError):
     """The local session could not start (usually: Delta jars could not be resolved)."""
 
 
+# Rows per Arrow batch handed to a pandas UDF's Python worker: the stages that run models
+# or write shards set it for their own jobs only (scoped_conf).
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+@contextmanager
+def scoped_conf(spark, settings: dict[str, str]) -> Iterator[None]:
+    """Session settings for one stage only: set on entry, each restored (or unset) on
+    exit, so a later stage in the same session (`deparrot run`) never inherits them."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 def launched_by_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands Python the gateway through these vars."""
     return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from jobs.config import Config, SyncScoreConfig
 from jobs.errors import UserError
 from jobs.lake import Lake
+from jobs.session import ARROW_BATCH, scoped_conf
 from jobs.stages import Stage
 from udfs import storage
 
@@ -148,16 +149,16 @@ def run(spark: SparkSession, cfg: Config) -> SyncReport:
     check_models(sc)
     lake = Lake(spark, cfg)
     words, name = vocabulary(spark, lake, sc)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
-    scored = transform(words, sc).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        labels = [m.label for m in sc.models]
-        _replace_models(lake, "sync_word_scores", scored, labels)
-        _replace_models(lake, "sync_scores",
-                        summarize(lake.read("sync_word_scores").where(
-                            F.col("model").isin(labels)), name, sc), labels)
-    finally:
-        scored.unpersist()
+    labels = [m.label for m in sc.models]
+    with scoped_conf(spark, {ARROW_BATCH: str(sc.arrow_batch_size)}):
+        scored = transform(words, sc).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            _replace_models(lake, "sync_word_scores", scored, labels)
+            _replace_models(lake, "sync_scores",
+                            summarize(lake.read("sync_word_scores").where(
+                                F.col("model").isin(labels)), name, sc), labels)
+        finally:
+            scored.unpersist()
     rows = [r.asDict() for r in lake.read("sync_scores").where(F.col("model").isin(labels))
             .orderBy("model", "style").collect()]
     print_table(rows)

@@ -57,8 +57,14 @@ def _score_cfg(cfg, tmp_path, **kw):
 
 
 def test_score_stage_through_spark(spark, scored_inputs, tmp_path):
+    from jobs.session import ARROW_BATCH
+
     cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True)
+    before = spark.conf.get(ARROW_BATCH, None)
     report = score.run(spark, cfg)
+    # Its Arrow batch size was the stage's own: the next stage of `deparrot run` in this
+    # session sees the setting as it was.
+    assert spark.conf.get(ARROW_BATCH, None) == before
     assert report.pending == 5 and report.ok == 4
     assert report.errors == {"decode:decode_error": 1}
     assert report.random_init  # the aesthetic head is random: the run must say so

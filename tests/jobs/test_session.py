@@ -28,3 +28,20 @@ def test_unresolvable_jars_fail_fast_with_a_clear_message():
     assert "Could not start a local Spark session with Delta Lake" in out.stdout
     assert "Maven Central" in out.stdout
     assert elapsed < 90
+
+
+def test_scoped_conf_restores_or_unsets_each_setting(spark):
+    from jobs.session import scoped_conf
+
+    spark.conf.set("spark.deparrot.test.kept", "a")
+    spark.conf.unset("spark.deparrot.test.new")
+    try:
+        with scoped_conf(spark, {"spark.deparrot.test.kept": "b",
+                                 "spark.deparrot.test.new": "c"}):
+            assert spark.conf.get("spark.deparrot.test.kept") == "b"
+            assert spark.conf.get("spark.deparrot.test.new") == "c"
+            raise RuntimeError("a failing stage restores them too")
+    except RuntimeError:
+        pass
+    assert spark.conf.get("spark.deparrot.test.kept") == "a"
+    assert spark.conf.get("spark.deparrot.test.new", None) is None
