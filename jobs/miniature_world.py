@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
 from jobs.config import MiniatureConfig, SampleConfig
+from jobs.sample_files import LAION400M_SCHEMA, SampleSummary, jpeg_bytes
 
 # Four-letter, visually distinct words: at 64 px model input each letter is ~12 px wide.
 VOCABULARY = (
@@ -200,8 +201,6 @@ def plan(rows: int, mix: WorldMix, rng: np.random.Generator) -> list[str]:
 
 def generate_world(cfg: SampleConfig, mix: WorldMix | None = None):
     """Write the world under cfg.out (LAION layout, like jobs.sample); deterministic per seed."""
-    from jobs.sample import LAION400M_SCHEMA, SampleSummary, jpeg_bytes
-
     mix = mix or WorldMix()
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out)

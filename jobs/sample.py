@@ -12,8 +12,6 @@ bytes), and invalid metadata rows.
 from __future__ import annotations
 
 import csv
-import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from jobs.config import Config, SampleConfig
+from jobs.miniature_world import generate_world
+from jobs.sample_files import LAION400M_SCHEMA, SampleSummary, jpeg_bytes
 from jobs.stages import Stage
 
 WORDS = [
@@ -37,24 +37,6 @@ INVALID_KINDS = ["missing_url", "bad_url", "missing_text", "non_finite", "negati
 # A URL + caption file has no sizes or scores to break; its duplicate repeats URL and TEXT.
 URL_CAPTION_INVALID_KINDS = ["missing_url", "bad_url", "missing_text", "duplicate_id"]
 BROKEN_KINDS = ["truncated", "empty", "html", "random"]
-LAION400M_SCHEMA = pa.schema(
-    [
-        ("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TEXT", pa.string()),
-        ("HEIGHT", pa.float64()), ("WIDTH", pa.float64()), ("LICENSE", pa.string()),
-        ("NSFW", pa.string()), ("similarity", pa.float64()),
-        # As in LAION's aesthetic releases; lets an offline demo reuse it (score.reuse_aesthetic).
-        ("aesthetic", pa.float64()),
-    ]
-)
-
-
-@dataclass
-class SampleSummary:
-    out: Path
-    rows: int
-    kinds: dict[str, int]
-
-
 def photo_image(rng: np.random.Generator, size: int) -> Image.Image:
     """A text-free, photo-like image: gradient sky/ground, soft shapes, sensor noise."""
     top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
@@ -93,12 +75,6 @@ def text_image(rng: np.random.Generator, size: int, words: str) -> Image.Image:
     return img
 
 
-def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def broken_bytes(kind: str, rng: np.random.Generator, size: int) -> bytes:
     if kind == "truncated":
         data = jpeg_bytes(photo_image(rng, size))
@@ -133,8 +109,6 @@ def _plan(rows: int, rng: np.random.Generator, invalid: list[str] = INVALID_KIND
 def generate(cfg: SampleConfig) -> SampleSummary:
     """Write the sample under cfg.out; deterministic for a given cfg.seed."""
     if cfg.kind == "miniature":
-        from jobs.miniature_world import generate_world
-
         return generate_world(cfg)
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out)
