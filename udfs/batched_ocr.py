@@ -277,7 +277,7 @@ class BatchedOcrSpotter:
             else:
                 plans.append(self._plan(i, rgb))
                 if self.look_side > 0:
-                    looks.append(self._look(i, len(rgbs) + i, rgb))
+                    looks.append(self._look(len(rgbs) + i, rgb))
         boxes = self._detect(plans + [plan for plan, _ in looks], device_images)
         for look, (scale, left, top) in looks:
             second = boxes.pop(look.index, [])
@@ -309,8 +309,7 @@ class BatchedOcrSpotter:
             results[p.index] = OcrResult(out, p.rgb.shape[0], p.rgb.shape[1])
         return results  # type: ignore[return-value]
 
-    def _look(self, image_index: int, index: int, rgb: np.ndarray
-              ) -> tuple[_Plan, tuple[float, float, float]]:
+    def _look(self, index: int, rgb: np.ndarray) -> tuple[_Plan, tuple[float, float, float]]:
         """The second look at an image: padded with its own border colour by
         `look_margin` of its short side (and to at most `look_max_ratio`), then scaled
         so its long side is `look_side`. Returns its plan and (scale, left, top) to map
