@@ -103,7 +103,7 @@ def main() -> None:
           f"{1:>8.2f}")
     print(f"{'Spark download stage':<30}{on_spark:>9.1f}{n / on_spark:>10.1f}"
           f"{n / on_spark / c:>10.1f}{bare / on_spark:>8.2f}")
-    fetch = report.seconds["fetch_and_write"]
+    fetch = report.seconds["work_and_write"]
     print(f"{'  of which fetch+resize+commit':<30}{fetch:>9.1f}{n / fetch:>10.1f}"
           f"{n / fetch / c:>10.1f}{bare / fetch:>8.2f}")
     spark.stop()

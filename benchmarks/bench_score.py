@@ -379,7 +379,7 @@ def main() -> None:
     print(f"{'full stage, bare loop':<40}{bare:>9.2f}{n / bare:>10.2f}{1:>8.2f}")
     print(f"{'full stage, Spark (deparrot score)':<40}{on_spark:>9.2f}{n / on_spark:>10.2f}"
           f"{bare / on_spark:>8.2f}")
-    inner = med([r.seconds["score_and_write"] for r in reports])
+    inner = med([r.seconds["work_and_write"] for r in reports])
     print(f"{'  of which scoring + Delta append':<40}{inner:>9.2f}{n / inner:>10.2f}"
           f"{bare / inner:>8.2f}")
     print(f"{'CPU seconds, bare loop':<40}{med(bare_cpus):>9.2f}")

@@ -25,8 +25,8 @@ recall >= 0.95 on text, 1.0 on word_only, >= 0.6 on small_text, false positives 
 
     .venv/bin/python benchmarks/ocr_real.py [--sizes 256 384 512] [--misses]
 
-The filter before the OCR view, the second look and the text rule (README "Text filter
-quality" quotes both):
+The filter before the OCR view, the second look and the text rule (docs/measurements.md
+"Text filter on real photographs" quotes both):
 
     .venv/bin/python benchmarks/ocr_real.py --sizes 256 512 \
         --set download.ocr_view.side=0 \

@@ -15,12 +15,19 @@ import os
 import sys
 
 from jobs.config import Config, load_config
-from jobs.errors import ConcurrentRunError, UserError, first_line, is_concurrent_write
+from jobs.errors import (
+    ConcurrentRunError,
+    UserError,
+    first_line,
+    is_concurrent_write,
+    suspected_bug,
+)
 from jobs.stages import Stage, all_stages
 from udfs.storage import StorageError
 
 EXIT_USER_ERROR = 2
 EXIT_CONCURRENT_RUN = 3
+EXIT_SUSPECTED_BUG = 4
 
 
 def build_parser(stages: list[Stage]) -> argparse.ArgumentParser:
@@ -89,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deparrot {command}: {exc}", file=sys.stderr)
         return EXIT_CONCURRENT_RUN
     except Exception as exc:
+        bug = suspected_bug(exc)
+        if bug:
+            print(f"deparrot {command}: {bug} The executor log has its traceback.",
+                  file=sys.stderr)
+            return EXIT_SUSPECTED_BUG
         if not is_concurrent_write(exc):
             raise
         print(f"deparrot {command}: another run is writing the same tables and committed "

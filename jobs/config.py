@@ -209,7 +209,7 @@ class ClusterConfig:
         at_least(self, 0, "faiss_threads")
 
 
-# Which images with text the recipe drops (jobs/recipe.py, README "Text policies").
+# Which images with text the recipe drops (jobs/recipe.py, docs/reference.md "Text policies").
 TEXT_POLICIES = ("any_text", "parrots", "tmars")
 
 

@@ -6,29 +6,25 @@ SSRF-guarded, opt-out headers honoured) or from shards img2dataset already wrote
 checked, resized and re-encoded the way img2dataset does it.
 
 Every metadata row gets one images row: `ok`, or `error` with a reason. Errors are
-mirrored into `rejects` (stage `download`). Work is committed in chunks, so a crash
-loses at most one chunk, and a re-run fetches only rows that are missing or failed with
-a retryable error.
+mirrored into `rejects` (stage `download`). The chunked-stage executor
+(jobs/chunked_stage.py) commits the work in chunks: a crash loses at most one chunk, and a
+re-run fetches only rows that are missing or failed with a retryable error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import operator
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.chunks import Progress, chunk_count
+from jobs.chunked_stage import ChunkedWork, mirror_rejects, run_chunked, settled_keys
 from jobs.config import Config, DownloadConfig
 from jobs.errors import UserError
-from jobs.lake import REJECTS_SCHEMA, Lake, reject_rows
+from jobs.lake import Lake
 from jobs.stages import Stage
-from jobs.timing import Laps
-from jobs.work_queue import staged
 
 STAGE = "download"
 SOURCES = ("http", "webdataset", "parquet")
@@ -52,10 +48,10 @@ IMAGES_SCHEMA = T.StructType(
         # The original again at text-detection size (udfs/ocr_view.py), JPEG; null when
         # `image` already covers it (or download.ocr_view.side is 0). The spotter reads it.
         T.StructField("ocr_image", T.BinaryType(), True),
+        # The error's own words, where they say more than `error` (internal errors).
+        T.StructField("error_detail", T.StringType(), True),
     ]
 )
-# What a reject says about its row: compared to tell whether the rejects are up to date.
-REJECT_COLUMNS = ("reject_key", "reason", "detail", "record")
 REJECT_RECORD = ("url", "source", "original_width", "original_height")  # kept as JSON
 TABLE_SCHEMA = T.StructType(
     [*IMAGES_SCHEMA.fields, T.StructField("fetched_at", T.TimestampType(), True)]
@@ -85,21 +81,19 @@ def image_settings(cfg: DownloadConfig):
 
 def pending(metadata: DataFrame, images: DataFrame) -> DataFrame:
     """Metadata rows without a final images row (ok, or an error not worth retrying)."""
-    done = images.where((F.col("status") == "ok") | ~F.coalesce("retryable", F.lit(False)))
-    return metadata.select("sample_id", "url").join(
-        done.select("sample_id"), on="sample_id", how="left_anti"
-    )
+    return pending_rows(metadata, settled_keys(images))
 
 
-def plan(metadata: DataFrame, images: DataFrame, cfg: DownloadConfig) -> DataFrame:
-    """The pending rows, read once and kept (spread over the tasks) for the whole run.
+def pending_rows(metadata: DataFrame, settled_ids: DataFrame) -> DataFrame:
+    return metadata.select("sample_id", "url").join(settled_ids, on="sample_id",
+                                                    how="left_anti")
 
-    Both tables are read here and only here: every chunk slices this one result, so no
-    chunk recomputes the join, and no commit of an earlier chunk can change what counts
-    as pending (no table version needs pinning).
-    """
-    parts = cfg.partitions or metadata.sparkSession.sparkContext.defaultParallelism
-    return pending(metadata, images).repartition(parts).localCheckpoint(eager=True)
+
+def fetch(todo: DataFrame, spark: SparkSession, cfg: DownloadConfig) -> DataFrame:
+    """A chunk of (sample_id, url) rows -> images rows, spread over the tasks."""
+    parts = cfg.partitions or spark.sparkContext.defaultParallelism
+    todo = todo.repartition(parts)
+    return fetch_http(todo, cfg) if cfg.source == "http" else read_shards(todo, spark, cfg)
 
 
 def fetch_http(todo: DataFrame, cfg: DownloadConfig) -> DataFrame:
@@ -171,50 +165,16 @@ def _reject_values() -> dict[str, Column]:
     return {
         "reject_key": F.col("sample_id").cast("string"),
         "reason": F.col("error"),
-        "detail": F.concat(F.lit("retryable="), F.col("retryable").cast("string"),
-                           F.lit(" attempts="), F.col("attempts").cast("string")),
+        "detail": F.concat_ws(" ", F.concat(
+            F.lit("retryable="), F.col("retryable").cast("string"), F.lit(" attempts="),
+            F.col("attempts").cast("string")), F.col("error_detail")),
         "record": F.to_json(F.struct(*REJECT_RECORD)),
     }
 
 
-def download_rejects(images: DataFrame) -> DataFrame:
-    """The `download` rejects that mirror the images rows in error."""
-    return reject_rows(images.where(F.col("status") == "error"), STAGE, "error",
-                       _reject_values()["detail"], record=REJECT_RECORD)
-
-
-def survey(lake: Lake) -> tuple[dict[tuple[str, str | None], int], bool]:
-    """One Spark action at the end of a run: the images rows per (status, error), and
-    whether the `download` rejects still mirror the images errors exactly.
-
-    Both sides are summed up as a row count and an XOR of row hashes (equal sets, equal
-    sums). The rejects stop mirroring the errors only when a run changed error rows and
-    did not get to its refresh (killed, or failed), or when they were edited by hand;
-    both show here, so the refresh is skipped only when it would change nothing.
-    """
-    lake.ensure("rejects", REJECTS_SCHEMA, partition_by=("stage",))
-    images = lake.read("images")
-    values = _reject_values()
-    row_hash = F.xxhash64(*(values[c] for c in REJECT_COLUMNS))
-    counts = images.groupBy("status", "error").agg(
-        F.count(F.lit(1)).alias("n"),
-        F.bit_xor(F.when(F.col("status") == "error", row_hash)).alias("x"),
-    ).withColumn("side", F.lit("images"))
-    stored = lake.read("rejects").where(F.col("stage") == F.lit(STAGE)).agg(
-        F.count(F.lit(1)).alias("n"), F.bit_xor(F.xxhash64(*REJECT_COLUMNS)).alias("x"),
-    ).withColumn("side", F.lit("rejects"))
-    rows = counts.unionByName(stored, allowMissingColumns=True).collect()
-    tallies = {(r["status"], r["error"]): r["n"] for r in rows if r["side"] == "images"}
-    errors = [r for r in rows if r["side"] == "images" and r["status"] == "error"]
-    mirror = (sum(r["n"] for r in errors), functools.reduce(operator.xor,
-                                                            (r["x"] for r in errors), 0))
-    stored_row = next(r for r in rows if r["side"] == "rejects")
-    return tallies, mirror == (stored_row["n"], stored_row["x"] or 0)
-
-
 def refresh_rejects(lake: Lake) -> None:
     """Make the `download` rejects exactly the images rows in error (one atomic commit)."""
-    lake.replace_rejects(STAGE, download_rejects(lake.read("images")))
+    lake.replace_rejects(STAGE, mirror_rejects(lake.read("images"), STAGE, _reject_values()))
 
 
 def run(spark: SparkSession, cfg: Config) -> DownloadReport:
@@ -224,37 +184,15 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
     image_settings(dl)  # validate resize settings on the driver, before any task runs
     lake = Lake(spark, cfg)
     lake.require("metadata")
-    lake.ensure("images", TABLE_SCHEMA)
-    lake.add_missing_columns("images", TABLE_SCHEMA)
-    report = DownloadReport()
-    lap = Laps(report.seconds).lap
-    todo = plan(lake.read("metadata"), lake.read("images"), dl)
-    report.pending = todo.count()
-    report.chunks = chunk_count(report.pending, dl.rows_per_commit)
-    lap("plan")
-    progress = Progress(STAGE, report.pending, report.chunks)
-    with staged(lake, todo, report.chunks, STAGE) as chunks:  # planned once (work_queue)
-        lap("stage")
-        report.chunks = progress.chunks = chunks.count
-        for k in range(chunks.count):
-            part = chunks(k)
-            rows = fetch_http(part, dl) if dl.source == "http" else \
-                read_shards(part, spark, dl)
-            rows = rows.withColumn("fetched_at", F.current_timestamp())
-            # Fetched once: Delta stores a MERGE's source (materializeSource) and both of
-            # its passes read that copy, which it drops after the commit. It fetches the
-            # chunk again only if a lost executor took the copy, or when a concurrent
-            # run's commit wins the race. (A localCheckpoint kept every chunk's copy
-            # until the stage ended, and a lost executor failed the stage.)
-            lake.upsert("images", rows, on=["sample_id"], target_filter=chunks.target_filter(k))
-            lap("fetch_and_write")
-            progress.chunk_done()
-    tallies, mirrored = survey(lake)
-    lap("report")
-    if not mirrored:
-        refresh_rejects(lake)
-        lap("rejects")
-    for (status, error), count in tallies.items():
+    work = ChunkedWork(
+        stage=STAGE, table="images", schema=TABLE_SCHEMA, stamp="fetched_at",
+        pending=lambda lk, settled_ids: pending_rows(lk.read("metadata"), settled_ids),
+        transform=lambda part: fetch(part, spark, dl), rows_per_commit=dl.rows_per_commit,
+        reject_values=_reject_values,
+        refresh_rejects=lambda lk: refresh_rejects(lk))  # looked up at call time
+    done = run_chunked(lake, work)
+    report = DownloadReport(pending=done.pending, chunks=done.chunks, seconds=done.seconds)
+    for (status, error), count in done.tallies.items():
         if status == "ok":
             report.ok += count
         else:

@@ -39,3 +39,12 @@ def first_line(exc: BaseException) -> str:
     """The message without JVM stack frames (Spark puts them after the first line)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].strip()
+
+
+def suspected_bug(exc: BaseException) -> str | None:
+    """The line of a udfs.failures.SuspectedBugError raised in a task, if `exc` carries one
+    (Spark wraps it in its own error, with the worker's traceback around it)."""
+    marker = "SuspectedBugError: "
+    text = str(exc)
+    at = text.find(marker)
+    return text[at + len(marker):].splitlines()[0].strip() if at >= 0 else None

@@ -66,7 +66,7 @@ class MiniatureReport:
     verdict: Verdict | None = None
 
     def table(self) -> str:
-        """The runs as a Markdown table (what the README shows)."""
+        """The runs as a Markdown table (what docs/measurements.md shows)."""
         head = ("| run | pairs | Sync. Score | sync gap | read top-1 | visual top-1 |\n"
                 "|---|---|---|---|---|---|")
         lines = [head] + [

@@ -2,8 +2,10 @@
 
 Runs the models in Python workers through an iterator pandas UDF (`mapInPandas`): each
 worker loads them once, on its task's GPU when there is one, and streams Arrow batches
-through them. Decode or model failures become `error` rows, mirrored into `rejects`
-(stage `score`); the stage never fails because of one image.
+through them, chunk by chunk through the chunked-stage executor (jobs/chunked_stage.py).
+Decode or model failures of an image become `error` rows, mirrored into `rejects` (stage
+`score`): the stage never fails because of one image, but it does when most images of a
+batch fail the same way (a bug, udfs/failures.py).
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.chunks import Progress, chunk_count
+from jobs.chunked_stage import ChunkedWork, run_chunked, settled_keys
 from jobs.config import Config, ScoreConfig
 from jobs.errors import UserError
-from jobs.lake import Lake, reject_rows, tally
-from jobs.session import ARROW_BATCH, scoped_conf
+from jobs.lake import Lake
+from jobs.session import ARROW_BATCH
 from jobs.stages import Stage
-from jobs.timing import Laps
-from jobs.work_queue import staged
 
 STAGE = "score"
 RANDOM_WARNING = (
@@ -61,6 +61,8 @@ SCORES_SCHEMA = T.StructType([
     # An error from the moment (out of memory, a lost device), not the image: the next
     # run scores the row again. Decode and per-image model errors are final (false).
     T.StructField("retryable", T.BooleanType(), True),
+    # The error's own words (its first line), where `error` is its kind.
+    T.StructField("error_detail", T.StringType(), True),
 ])
 TABLE_SCHEMA = T.StructType(
     [*SCORES_SCHEMA.fields, T.StructField("scored_at", T.TimestampType(), True)]
@@ -152,38 +154,30 @@ def task_attempts(spark: SparkSession) -> int:
     return int(spark.conf.get("spark.task.maxFailures", "4"))
 
 
-def _retry() -> F.Column:
-    return (F.col("status") == "error") & F.coalesce(F.col("retryable"), F.lit(False))
-
-
-def settled(scores: DataFrame) -> DataFrame:
-    """Ids whose score is final: ok, or an error that another try would not change."""
-    return scores.where(~_retry()).select("sample_id")
-
-
-def retried(scores: DataFrame) -> DataFrame:
-    """Ids scored before whose error another try may change: scored again, replaced."""
-    return scores.where(_retry()).select("sample_id")
-
-
 def pending(images: DataFrame, metadata: DataFrame, scores: DataFrame) -> DataFrame:
+    return pending_rows(images, metadata, settled_keys(scores))
+
+
+def pending_rows(images: DataFrame, metadata: DataFrame, settled_ids: DataFrame) -> DataFrame:
+    """The images to score: downloaded, not settled in scores, with their caption."""
     view = F.col("ocr_image") if "ocr_image" in images.columns else F.lit(None).cast(
         "binary").alias("ocr_image")  # an images table from before the OCR view
     ok = images.where(F.col("status") == "ok").select(
         "sample_id", "image", view, "original_width", "original_height")
     return (
-        ok.join(settled(scores), on="sample_id", how="left_anti")
+        ok.join(settled_ids, on="sample_id", how="left_anti")
         .join(metadata.select("sample_id", "text", "similarity", "aesthetic"), on="sample_id")
     )
 
 
+def reject_values() -> dict[str, Column]:
+    """What the `score` reject of a scores row in error says."""
+    return {"reject_key": F.col("sample_id").cast("string"), "reason": F.col("error"),
+            "detail": F.col("error_detail"), "record": F.lit(None).cast("string")}
+
+
 def run(spark: SparkSession, cfg: Config) -> ScoreReport:
     sc = model_files_on_shared_storage(cfg)
-    with scoped_conf(spark, {ARROW_BATCH: str(sc.arrow_batch_size)}):
-        return _run(spark, cfg, sc)
-
-
-def _run(spark: SparkSession, cfg: Config, sc: ScoreConfig) -> ScoreReport:
     score_settings(sc)  # validate on the driver
     lake = Lake(spark, cfg)
     for upstream in ("metadata", "images"):
@@ -191,54 +185,23 @@ def _run(spark: SparkSession, cfg: Config, sc: ScoreConfig) -> ScoreReport:
     report = ScoreReport(random_init=uses_random_weights(sc))
     if report.random_init:
         print(f"\n!!! {RANDOM_WARNING}\n", file=sys.stderr, flush=True)
-    lake.ensure("scores", TABLE_SCHEMA)
-    lake.add_missing_columns("scores", TABLE_SCHEMA)
-    lap = Laps(report.seconds).lap
-    scores = lake.read("scores", version=lake.version("scores"))
-    todo = pending(lake.read("images"), lake.read("metadata"), scores)
-    report.pending = todo.count()
-    # Rows scored before are pending only as retryable errors: without any, every chunk
-    # is new ids, and an insert-only MERGE (no file rewritten) commits it.
-    replaces = retried(scores).limit(1).count() > 0
-    lap("plan")
-    report.chunks = chunk_count(report.pending, sc.rows_per_commit)
-    progress = Progress(STAGE, report.pending, report.chunks)
-    with staged(lake, todo, report.chunks, STAGE) as chunks:  # planned once (work_queue)
-        lap("stage")
-        report.chunks = progress.chunks = chunks.count
-        for k in range(chunks.count):
-            score_chunk(lake, chunks(k), sc, chunks.target_filter(k), replaces)
-            progress.chunk_done()
-    lap("score_and_write")
+    work = ChunkedWork(
+        stage=STAGE, table="scores", schema=TABLE_SCHEMA, stamp="scored_at",
+        pending=lambda lk, settled_ids: pending_rows(lk.read("images"), lk.read("metadata"),
+                                                     settled_ids),
+        transform=lambda part: transform(part, sc), rows_per_commit=sc.rows_per_commit,
+        reject_values=reject_values, conf={ARROW_BATCH: str(sc.arrow_batch_size)},
+        tally_by=("status", "error", "has_text"))
+    done = run_chunked(lake, work)
     record_settings(lake, sc, report.random_init)
-    errors = lake.read("scores").where(F.col("status") == "error")
-    lake.replace_rejects(STAGE, reject_rows(errors, STAGE, "error"))
-    lap("properties_and_rejects")
-    for (status, error, has_text), count in tally(
-            lake.read("scores"), "status", "error", "has_text").items():
+    report.pending, report.chunks, report.seconds = done.pending, done.chunks, done.seconds
+    for (status, error, has_text), count in done.tallies.items():
         if status == "ok":
             report.ok += count
             report.with_text += count if has_text else 0
         else:
             report.errors[error] = report.errors.get(error, 0) + count
-    lap("report")
     return report
-
-
-def score_chunk(lake: Lake, part: DataFrame, sc: ScoreConfig,
-                target_filter: str | None = None, replaces: bool = True) -> None:
-    """Score one chunk and commit it; `replaces`: the chunk may hold retried ids."""
-    rows = transform(part, sc).withColumn("scored_at", F.current_timestamp())
-    # MERGEd on sample_id: a blind append of ids that a concurrent run committed
-    # meanwhile would store them twice, and Delta never reports a conflict between two
-    # blind appends. The source goes to MERGE as it is: Delta stores it once
-    # (materializeSource) and both of its passes read that copy; it re-scores the chunk
-    # only if a lost executor took the copy, or when another run's commit wins the race
-    # and the MERGE is retried against it. (A persist() before the MERGE was not that
-    # copy: Delta re-plans the source past the cache, so every image went through the
-    # models twice, tests/jobs/test_score.py.) Only the chunk's key range is read.
-    commit = lake.upsert if replaces else lake.insert_new
-    commit("scores", rows, on=["sample_id"], target_filter=target_filter)
 
 
 def record_settings(lake: Lake, sc: ScoreConfig, random_init: bool) -> None:

@@ -1,23 +1,8 @@
 """Plan a chunked stage once: its pending rows, tagged with their chunk, in a scratch
 Delta table partitioned by chunk, so that each chunk's commit reads only its own rows.
+Chunks are key ranges, so `target_filter(k)` lets each MERGE skip the other ranges' files.
 
-Without it each chunk re-ran the pending query (images joined with scores and metadata)
-and kept its slice with a hash filter, which prunes no file: every chunk read every
-image's bytes, and the stage's cost grew with rows x chunks (~23,000 chunks of 100,000
-rows at LAION-2B). Staged, the images are read once to plan, the scratch table is
-written once, and chunk k reads partition k: linear in rows whatever the chunk size.
-
-Chunks are ranges of the key (boundaries from one approxQuantile pass), not hash
-buckets, so the commit of chunk k can tell Delta which target files it may touch:
-`target_filter(k)` goes into the MERGE condition, and Delta's file statistics (min/max
-sample_id) skip every file of the other ranges. With hash buckets each MERGE had to scan
-the key column of the whole target table, and the stage's cost grew with rows x chunks
-again, only more slowly.
-
-The scratch table is private to one run (a unique name), so concurrent runs never read
-each other's plan, and it is dropped when the stage ends; a crash leaves it behind, and
-runs remove scratch tables older than a day. One chunk needs no plan: the pending query
-is read once anyway.
+Why: ARCHITECTURE.md, "Chunked stages: one executor".
 """
 
 from __future__ import annotations

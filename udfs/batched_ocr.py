@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from udfs.failures import is_resource_error
 from udfs.ocr import (
     DEFAULT_BOX_THRESH,
     DEFAULT_DET_THRESH,
@@ -372,6 +373,8 @@ class BatchedOcrSpotter:
                 try:
                     maps = self._det_torch(hb, wb, group, device_images)
                 except Exception as exc:  # e.g. an onnxruntime build without I/O binding
+                    if is_resource_error(exc):
+                        raise  # out of memory: the caller halves the batch (udfs.failures)
                     log.warning("batched OCR: the torch/I/O-binding detector path failed "
                                 "(%s: %s); using the numpy path from now on",
                                 type(exc).__name__, exc)

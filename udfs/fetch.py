@@ -35,6 +35,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 from urllib3 import exceptions as u3e
 
+from udfs.failures import note
+
 DEFAULT_USER_AGENT = "deparrot/0.1 (+image-text dataset curation; honours X-Robots-Tag noai)"
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 
@@ -107,6 +109,7 @@ class FetchResult:
     error: str | None
     retryable: bool
     attempts: int
+    detail: str | None = None  # the error's own words, where they say more than `error`
 
     @property
     def ok(self) -> bool:
@@ -272,8 +275,10 @@ class Fetcher:
                 return FetchResult(url, final_url, status, data, ctype, None, False, attempt)
             except _Failure as fail:
                 failure = fail
-            except Exception:  # a bug must cost one row, not the task
-                return FetchResult(url, None, None, None, None, "internal_error", False, attempt)
+            except Exception as exc:  # a bug of ours: one row, or the task if most rows
+                # (udfs.failures.guard_batch, in udfs.images.download_arrow)
+                return FetchResult(url, None, None, None, None, "internal_error", False, attempt,
+                                   note("download:internal_error", exc))
             if not failure.retryable or attempt > s.retries or self._closed.is_set():
                 break
             delay = min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1))

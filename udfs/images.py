@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
+from udfs.failures import guard_batch
 from udfs.fetch import Fetcher, FetchResult, FetchSettings
 from udfs.ocr_view import OcrViewSettings, decode_need, make_view
 from udfs.resize import ResizeSettings, resize_and_encode
@@ -27,7 +28,7 @@ from udfs.worker_cache import worker_cached
 IMAGE_FIELDS = (
     "sample_id", "url", "image", "format", "width", "height", "original_width",
     "original_height", "sha256", "status", "error", "retryable", "attempts", "source",
-    "ocr_image",
+    "ocr_image", "error_detail",
 )
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -91,7 +92,8 @@ def _fetched_row(sample_id: int, url: str, res: FetchResult, settings: ImageSett
     if not res.ok:
         row = dict.fromkeys(IMAGE_FIELDS)
         row.update(sample_id=sample_id, url=url, status="error", error=res.error,
-                   retryable=res.retryable, attempts=res.attempts, source="http")
+                   retryable=res.retryable, attempts=res.attempts, source="http",
+                   error_detail=res.detail)
         return row
     row = image_row(sample_id, url, res.data, settings, "http")
     row["attempts"] = res.attempts
@@ -159,10 +161,18 @@ def download_arrow(batches: Iterator[pa.RecordBatch], fetch: FetchSettings,
     for row in download_rows(pairs(), fetch, settings, concurrency):
         rows.append(row)
         if len(rows) >= rows_per_batch:
-            yield pa.RecordBatch.from_pylist(rows, schema=schema[0])
+            yield pa.RecordBatch.from_pylist(checked(rows), schema=schema[0])
             rows = []
     if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=schema[0])
+        yield pa.RecordBatch.from_pylist(checked(rows), schema=schema[0])
+
+
+def checked(rows: list[dict]) -> list[dict]:
+    """The rows of a batch, unless most failed with an error of ours (a bug: the task
+    fails instead, udfs.failures)."""
+    guard_batch("download", (r["error"] if r["error"] == "internal_error" else None
+                             for r in rows), (r["error_detail"] for r in rows))
+    return rows
 
 
 def download_batches(batches: Iterator[pd.DataFrame], fetch: FetchSettings,
@@ -177,10 +187,10 @@ def download_batches(batches: Iterator[pd.DataFrame], fetch: FetchSettings,
     for row in download_rows(pairs, fetch, settings, concurrency):
         rows.append(row)
         if len(rows) >= rows_per_batch:
-            yield pd.DataFrame(rows, columns=list(IMAGE_FIELDS))
+            yield pd.DataFrame(checked(rows), columns=list(IMAGE_FIELDS))
             rows = []
     if rows:
-        yield pd.DataFrame(rows, columns=list(IMAGE_FIELDS))
+        yield pd.DataFrame(checked(rows), columns=list(IMAGE_FIELDS))
 
 
 def shard_records(path: str, content: bytes) -> Iterator[dict]:

@@ -35,6 +35,7 @@ import pandas as pd
 
 from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
+from udfs.failures import describe, guard_batch, is_resource_error, note
 from udfs.masking import MASK_METHODS, mask_text
 from udfs.ocr import (
     DEFAULT_SPOTTER,
@@ -50,31 +51,13 @@ from udfs.worker_cache import worker_cached
 SCORE_FIELDS = (
     "sample_id", "status", "error", "ocr_box_count", "ocr_text_area", "ocr_text", "ocr_boxes",
     "has_text", "clip_score", "clip_score_source", "masked_clip_score", "aesthetic_score",
-    "aesthetic_source", "image_embedding", "retryable",
+    "aesthetic_source", "image_embedding", "retryable", "error_detail",
 )
-# Out of memory or a lost device: the image is fine, the moment was not. Such batches are
-# split and retried; what still fails fails the task (Spark retries it) or, on the task's
-# last attempt, is stored as a retryable error that the next run scores again.
-_RESOURCE_MARKERS = ("out of memory", "failed to allocate memory", "cuda error",
-                     "cudnn_status", "cublas_status", "cudaerrormemoryallocation",
-                     "device lost", "no cuda gpus are available", "resource exhausted",
-                     "cuda driver")
 MAX_BATCH_SPLITS = 8  # 256 -> 1 image: the most a batch is halved before giving up
 
 
 class RetryableScoreError(RuntimeError):
     """A resource error (OOM, lost device) that batch splitting did not get past."""
-
-
-def is_resource_error(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = f"{type(exc).__name__}: {exc}".lower()
-    return any(marker in text for marker in _RESOURCE_MARKERS)
 
 
 def _release_memory() -> None:
@@ -201,9 +184,11 @@ class _Laps:
         self.t = now
 
 
-def _error_row(sample_id: int, reason: str, retryable: bool = False) -> dict:
+def _error_row(sample_id: int, reason: str, retryable: bool = False,
+               detail: str | None = None) -> dict:
     row = dict.fromkeys(SCORE_FIELDS)
-    row.update(sample_id=sample_id, status="error", error=reason, retryable=retryable)
+    row.update(sample_id=sample_id, status="error", error=reason, retryable=retryable,
+               error_detail=detail)
     return row
 
 
@@ -339,7 +324,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
             "aesthetic_source": "computed" if k in aes_done else "metadata",
             # A float32 array: Arrow converts it without a Python float per element.
             "image_embedding": img_emb[k],
-            "retryable": False,
+            "retryable": False, "error_detail": None,
         })
     lap("rows")
     return rows
@@ -490,7 +475,8 @@ def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str
                        views: list[np.ndarray | None] | None = None) -> list[dict]:
     """score_images, isolating failures: a resource error halves the batch (at most
     MAX_BATCH_SPLITS times, then RetryableScoreError); any other error is looked for image
-    by image, and the image that raises it gets a permanent error row."""
+    by image, and the image that raises it gets a permanent error row (with the error's
+    words; its traceback is logged once per kind)."""
     views = views if views is not None else [None] * len(ids)
     try:
         return score_images(ids, arrays, texts, sims, aes, s, laps, views)
@@ -504,7 +490,8 @@ def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str
                 ) from exc
             halves = (slice(0, len(ids) // 2), slice(len(ids) // 2, len(ids)))
         elif len(ids) == 1:
-            return [_error_row(ids[0], f"score:{type(exc).__name__}")]
+            kind = f"score:{type(exc).__name__}"
+            return [_error_row(ids[0], kind, detail=note(kind, exc))]
         else:
             halves = tuple(slice(k, k + 1) for k in range(len(ids)))
             splits = MAX_BATCH_SPLITS  # one image at a time already
@@ -540,5 +527,11 @@ def score_decoded(d: Decoded, s: ScoreSettings, laps: dict[str, float] | None = 
         if not last_attempt:
             raise  # the task fails; Spark runs it again (maybe on another device)
         reason = f"score:resource:{type(exc.__cause__).__name__}"
-        rows.extend(_error_row(sid, reason, retryable=True) for sid in pick[0])
+        rows.extend(_error_row(sid, reason, retryable=True, detail=describe(exc))
+                    for sid in pick[0])
+        return rows
+    # Decode errors are the images' own; a model error on most images is not.
+    guard_batch("score", (r["error"] if r["status"] == "error" and not
+                          r["error"].startswith("decode:") else None for r in rows),
+                (r.get("error_detail") for r in rows))
     return rows

@@ -127,3 +127,21 @@ def test_cli_turns_a_lost_race_into_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_stage", lose)
     assert cli.main(["dedup"]) == cli.EXIT_CONCURRENT_RUN
     assert "another run" in _one_line(capsys)
+
+
+def test_cli_says_a_suspected_bug_in_one_line(monkeypatch, capsys):
+    """A task that failed on a bug (udfs.failures) arrives wrapped in Spark's error with
+    the worker's traceback: the person reads the bug's line, exit status 4."""
+    wrapped = ("An error occurred while calling o226.execute.\n: org.apache.spark.SparkException"
+               ": Task failed\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+               "udfs.failures.SuspectedBugError: score: 4 of 4 rows of a batch failed with "
+               "KeyError: 'det'. That is a bug.\n\tat org.apache.spark.api.python.Foo")
+
+    def bug(*_a, **_k):
+        raise RuntimeError(wrapped)
+
+    monkeypatch.setattr(cli, "run_stage", bug)
+    assert cli.main(["score"]) == cli.EXIT_SUSPECTED_BUG
+    assert _one_line(capsys) == ("deparrot score: score: 4 of 4 rows of a batch failed with "
+                                 "KeyError: 'det'. That is a bug. The executor log has its "
+                                 "traceback.")

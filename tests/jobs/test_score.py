@@ -343,6 +343,17 @@ class HatesGreen:
         return _none(images)
 
 
+class Broken:
+    """A library regression: every image raises the same error."""
+
+    def spot(self, images, recognize=False):
+        raise KeyError("det_limit_side_len")
+
+
+def broken(device=None, cpu_threads=0):
+    return Broken()
+
+
 def big_batch_oom(device=None, cpu_threads=0):
     return BigBatchOom()
 
@@ -432,6 +443,38 @@ def test_a_model_error_on_one_image_is_final_for_that_image_only(
     assert all(got[s]["status"] == "ok" for s in (1, 2, 4))
     assert not any(r["retryable"] for r in got.values())
     assert score.run(spark, cfg).pending == 0
+
+
+def test_an_injected_bug_fails_the_stage_instead_of_rejecting_every_image(
+        spark, scored_inputs, tmp_path, flaky):
+    """A spotter that raises on every image is a bug, not four bad images: the stage
+    fails, nothing is written, and the run after the fix scores every image."""
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter=f"{flaky}:broken")
+    with pytest.raises(Exception, match="SuspectedBugError") as failed:
+        score.run(spark, cfg)
+    assert "rows of a batch failed with KeyError: 'det_limit_side_len'" in str(failed.value)
+    lake = Lake(spark, cfg)
+    assert lake.read("scores").count() == 0  # no row became a permanent error
+    assert not lake.exists("rejects") or not lake.read("rejects").where(
+        "stage = 'score'").count()
+    fixed = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True)
+    report = score.run(spark, fixed)
+    assert (report.pending, report.ok, report.errors) == (5, 4, {"decode:decode_error": 1})
+
+
+def test_a_model_error_keeps_its_words_in_the_row_and_the_reject(
+        spark, scored_inputs, tmp_path, flaky):
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter=f"{flaky}:hates_green")
+    score.run(spark, cfg)
+    got = _scores(spark, cfg)
+    assert got[3]["error_detail"] == "ValueError: cannot handle this image"
+    rejects = {r["sample_id"]: r for r in Lake(spark, cfg).read("rejects").where(
+        "stage = 'score'").collect()}
+    assert set(rejects) == {3, 5}
+    assert rejects[3]["reason"] == "score:ValueError"
+    assert rejects[3]["detail"] == "ValueError: cannot handle this image"
 
 
 def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
