@@ -241,4 +241,7 @@ def run(spark: SparkSession, cfg: Config) -> AnalyzeReport:
 
 
 STAGES = (Stage("analyze", "parrot statistics (CoTR, OCR types, Tables 1-2), funnel and "
-                           "n-gram vocabularies -> Delta tables + CSV", run),)
+                           "n-gram vocabularies -> Delta tables + CSV", run,
+                reads=("metadata", "scores", "clusters", "rejects"),
+                writes=("parrot", "parrot_summary", "clip_by_text", "cluster_ocr", "funnel",
+                        "ngrams", "policy_counts")),)

@@ -189,7 +189,7 @@ def assign(spark: SparkSession, cfg: Config) -> AssignReport:
 
 STAGES = (
     Stage("cluster-train", "PCA + faiss k-means on a sample of B/32 image embeddings", train,
-          pipeline=True, skip=skip_training, gpu=True),
+          pipeline=True, skip=skip_training, gpu=True, reads=("scores",)),
     Stage("cluster-assign", "nearest centroid (kmeans) for every scored row", assign,
-          pipeline=True),
+          pipeline=True, reads=("scores",), writes=("clusters",)),
 )

@@ -239,4 +239,5 @@ def run(spark: SparkSession, cfg: Config, force: bool = False) -> DedupReport:
 
 
 STAGES = (Stage("dedup", "exact and near-duplicate removal within clusters", run,
-                pipeline=True),)
+                pipeline=True,
+                reads=("metadata", "images", "scores", "clusters"), writes=("dedup",)),)

@@ -202,4 +202,4 @@ def run(spark: SparkSession, cfg: Config) -> DownloadReport:
 
 STAGES = (Stage("download", "fetch the images (or read img2dataset shards) -> Delta images "
                 "table", run, flags={"--source": "download.source", "--shards": "download.shards"},
-                pipeline=True),)
+                pipeline=True, reads=("metadata",), writes=("images", "rejects")),)

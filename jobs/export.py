@@ -310,4 +310,5 @@ def run(spark: SparkSession, cfg: Config) -> ExportReport:
 
 STAGES = (Stage("export", "write the subset as webdataset/parquet training shards", run,
                 flags={"--out": "export.out", "--format": "export.format",
-                       "--source": "export.source", "--shard-size": "export.shard_size"}),)
+                       "--source": "export.source", "--shard-size": "export.shard_size"},
+                reads=("metadata", "images", "subset")),)

@@ -695,4 +695,4 @@ STAGES = (Stage("ingest", "LAION-style parquet/csv/tsv/json/txt metadata -> Delt
                 "table", run,
                 flags={"--input": "ingest.input", "--format": "ingest.input_format",
                        "--family": "ingest.family"},
-                pipeline=True, skip=skip_when_complete),)
+                pipeline=True, skip=skip_when_complete, writes=("metadata", "rejects")),)

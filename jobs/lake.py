@@ -32,17 +32,6 @@ R = TypeVar("R")
 SCRATCH = "_scratch"
 SCRATCH_TABLE_PREFIX = "deparrot_scratch_"
 
-# The command that writes each table, named when a stage finds its input missing.
-PRODUCERS = {
-    "metadata": "ingest", "rejects": "ingest", "images": "download", "scores": "score",
-    "clusters": "cluster-assign", "dedup": "dedup", "subset": "publish",
-    "parrot": "analyze", "parrot_summary": "analyze", "clip_by_text": "analyze",
-    "cluster_ocr": "analyze", "funnel": "analyze", "ngrams": "analyze",
-    "policy_counts": "analyze",
-    "sync_scores": "sync-score", "sync_word_scores": "sync-score", "training_runs": "train",
-}
-
-
 class MissingTableError(UserError):
     """An upstream table that is not there (or holds no rows): one line, exit 2."""
 
@@ -150,7 +139,7 @@ class Lake:
         table = self.ref(key).name.rsplit(".", 1)[-1]
         state = "is empty" if empty else "does not exist"
         return MissingTableError(f"table {table} {state} {self.location()}: run "
-                                 f"`deparrot {PRODUCERS.get(key, 'run')}` first")
+                                 f"`deparrot {_producer(key)}` first")
 
     def require(self, key: str, nonempty: bool = False) -> TableRef:
         """The table an upstream stage writes, or one line naming the command to run."""
@@ -393,3 +382,10 @@ class Lake:
             return  # nothing to replace: no empty commit (re-runs keep table versions)
         with_commit_retries(
             lambda: conformed.writeTo(ref.name).overwrite(F.col("stage") == F.lit(stage)))
+
+
+def _producer(table: str) -> str:
+    """The command that writes `table` (the stages declare it), else `run`."""
+    from jobs.stages import producer_of  # the stage modules import this one
+
+    return producer_of(table) or "run"

@@ -269,4 +269,5 @@ run.cli_arguments = {  # type: ignore[attr-defined]
 }
 
 STAGES = (Stage("miniature", "the paper's effect in miniature: train on raw pairs and on "
-                "each text policy's subset, then measure reading and seeing", run),)
+                "each text policy's subset, then measure reading and seeing", run,
+                reads=("subset",)),)

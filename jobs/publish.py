@@ -142,4 +142,4 @@ def _publish(lake: Lake, cfg: Config, rows: DataFrame, sig: str, table: str) -> 
 
 
 STAGES = (Stage("publish", "apply the recipe; write the subset partition by partition", run,
-                pipeline=True),)
+                pipeline=True, reads=("dedup", "rejects"), writes=("subset", "rejects")),)

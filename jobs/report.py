@@ -187,4 +187,7 @@ def sync_sections(lake: Lake) -> dict[str, pd.DataFrame]:
 
 
 STAGES = (Stage("report", "a static HTML report with plots (funnel, scores, clusters, parrot "
-                          "statistics, n-grams, thumbnails)", run, flags={"--out": "report.out"}),)
+                          "statistics, n-grams, thumbnails)", run, flags={"--out": "report.out"},
+                reads=("metadata", "images", "scores", "clusters", "subset", "rejects", "funnel",
+                       "ngrams", "parrot", "policy_counts", "sync_scores", "sync_word_scores",
+                       "training_runs")),)

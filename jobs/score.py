@@ -217,4 +217,5 @@ def record_settings(lake: Lake, sc: ScoreConfig, random_init: bool) -> None:
 
 
 STAGES = (Stage("score", "OCR text spotting, CLIP score, aesthetics -> Delta scores table",
-                run, pipeline=True, gpu=True),)
+                run, pipeline=True, gpu=True,
+                reads=("metadata", "images"), writes=("scores", "rejects")),)

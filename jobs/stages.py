@@ -49,8 +49,13 @@ class Stage:
     # skip(spark, cfg) -> a reason when the stage has nothing to do, else None. Stages
     # without one always run (they only do pending work anyway).
     skip: Callable[..., str | None] | None = None
-    # Needs a GPU cluster on Databricks (the model stages).
+    # The resource it needs: a GPU cluster on Databricks (the model stages).
     gpu: bool = False
+    # The lake tables it reads and writes: a stage that finds an input missing names the
+    # stage that writes it (the first in registry order), and tests/jobs/test_cli.py checks
+    # that every Databricks task waits for the tasks writing what it reads.
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
 
 
 def all_stages() -> list[Stage]:
@@ -70,6 +75,11 @@ def get_stage(name: str) -> Stage:
         if stage.name == name:
             return stage
     raise KeyError(name)
+
+
+def producer_of(table: str) -> str | None:
+    """The name of the first stage (registry order) that writes `table`."""
+    return next((s.name for s in all_stages() if table in s.writes), None)
 
 
 def pipeline_stages() -> list[Stage]:

@@ -167,4 +167,5 @@ def run(spark: SparkSession, cfg: Config) -> SyncReport:
 
 
 STAGES = (Stage("sync-score", "the paper's synthetic text-spotting benchmark (Sync. Score) "
-                              "for open_clip models", run, gpu=True),)
+                              "for open_clip models", run, gpu=True,
+                reads=("ngrams",), writes=("sync_scores", "sync_word_scores")),)

@@ -396,4 +396,4 @@ STAGES = (Stage("train", "train CLIP on the exported shards: open_clip_train und
                 "TorchDistributor; re-runs resume", run,
                 flags={"--name": "train.name", "--model": "train.model",
                        "--epochs": "train.epochs", "--processes": "train.num_processes"},
-                gpu=True),)
+                gpu=True, writes=("training_runs",)),)

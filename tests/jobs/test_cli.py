@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from jobs import cli
-from jobs.stages import STAGE_MODULES, all_stages, get_stage, pipeline_stages
+from jobs.stages import STAGE_MODULES, all_stages, get_stage, pipeline_stages, producer_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,6 +122,40 @@ def test_bundle_jobs_load_as_typed_resources_and_match_the_registry():
         if job_name == "deparrot_pipeline":
             ran = [_substitute(t.python_wheel_task.parameters, variables)[0] for t in job.tasks]
             assert ran == [s.name for s in pipeline_stages()] + ["analyze", "report"]
+
+
+def test_each_task_waits_for_the_tasks_that_write_what_its_stage_reads():
+    """The stages declare the tables they read and write; in every bundle job a task
+    that reads a table the job writes depends (transitively) on the task writing it."""
+    pytest.importorskip("databricks.bundles.jobs")
+    bundle = _bundle()
+    variables = {k: v["default"] for k, v in bundle["variables"].items()}
+    stages = {s.name: s for s in all_stages()}
+    assert stages["score"].reads == ("metadata", "images")
+    assert producer_of("images") == "download" and producer_of("rejects") == "ingest"
+    checked = 0
+    for job in bundle["resources"]["jobs"].values():
+        stage_of = {t["task_key"]: stages[_substitute(
+            t["python_wheel_task"]["parameters"], variables)[0]] for t in job["tasks"]}
+        needs = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])]
+                 for t in job["tasks"]}
+
+        written = {table for st in stage_of.values() for table in st.writes}
+        for key, stage in stage_of.items():
+            before = {table for k in _upstream(needs, key) for table in stage_of[k].writes}
+            missing = (set(stage.reads) & written) - before - set(stage.writes)
+            assert not missing, (key, missing)
+            checked += len(set(stage.reads) & written)
+    assert checked > 10
+    for stage in all_stages():  # every table read is written by some stage
+        assert all(producer_of(t) for t in stage.reads), stage.name
+
+
+def _upstream(needs: dict[str, list[str]], key: str) -> set[str]:
+    out: set[str] = set()
+    for dep in needs[key]:
+        out |= {dep} | _upstream(needs, dep)
+    return out
 
 
 def _assert_on_shared_storage(argv: list[str], cfg, volume: str) -> None:
