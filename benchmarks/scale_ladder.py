@@ -307,7 +307,7 @@ def child(stage: str, work: Path, rows: int, extra: list[str]) -> dict:
     out = {"seconds": seconds, **memory(spark)}
     if hasattr(report, "chunks"):
         out["chunks"] = report.chunks
-    if getattr(report, "seconds", None):  # where the stage's time went (jobs/timing.Laps)
+    if getattr(report, "seconds", None):  # where the stage's time went (udfs.timing.Laps)
         out["laps"] = report.seconds
     spark.stop()
     return out

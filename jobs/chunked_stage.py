@@ -24,8 +24,8 @@ from pyspark.sql import types as T
 from jobs.chunks import Progress, chunk_count
 from jobs.lake import REJECTS_SCHEMA, Lake
 from jobs.session import scoped_conf
-from jobs.timing import Laps
 from jobs.work_queue import staged
+from udfs.timing import Laps
 
 # What a reject says about its row: compared to tell whether the rejects are up to date.
 REJECT_COLUMNS = ("reject_key", "reason", "detail", "record")
@@ -88,7 +88,7 @@ def run_chunked(lake: Lake, work: ChunkedWork) -> ChunkedRun:
     """Do a chunked stage's pending work, commit it chunk by chunk, mirror its rejects."""
     out = ChunkedRun()
     with scoped_conf(lake.spark, dict(work.conf)):
-        lap = Laps(out.seconds).lap
+        lap = Laps(out.seconds, digits=2)
         lake.ensure(work.table, work.schema)
         lake.add_missing_columns(work.table, work.schema)
         table = lake.read(work.table, version=lake.version(work.table))

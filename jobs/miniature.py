@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from jobs.config import Config, MiniatureConfig
 from jobs.errors import UserError
 from jobs.stages import Stage
 from udfs.storage import local_path
+from udfs.timing import Laps
 
 PAPER_POLICY = "any_text"
 
@@ -213,13 +213,11 @@ def run(spark: SparkSession, cfg: Config, quick: bool = False) -> MiniatureRepor
     out = miniature_folder(mc)
     if out.exists():  # a fresh world each time: the URLs name this run's server port
         shutil.rmtree(out)
-    clock = time.monotonic()
     seconds: dict[str, float] = {}
+    laps = Laps(seconds, digits=1)
 
     def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = round(time.monotonic() - clock, 1)
-        clock = time.monotonic()
+        laps(name)
         print(f"miniature: {name} done in {seconds[name]:.0f} s", flush=True)
 
     with serve(Path(cfg.sample.out)) as base_url:

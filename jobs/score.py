@@ -24,6 +24,7 @@ from jobs.errors import UserError
 from jobs.lake import Lake
 from jobs.session import ARROW_BATCH
 from jobs.stages import Stage
+from udfs.checkpoint_files import is_random, looks_like_file
 
 STAGE = "score"
 RANDOM_WARNING = (
@@ -92,14 +93,10 @@ def score_settings(cfg: ScoreConfig):
     return cfg.settings()
 
 
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
 def model_file(cfg: Config, value: str) -> str:
     """A checkpoint/weights path resolved against storage.files; tags stay as given."""
-    looks_like_file = "/" in value or value.lower().endswith(_WEIGHT_SUFFIXES)
     schemed = ":" in value.split("/", 1)[0]  # hf-hub:org/name, s3://..., dbfs:/...
-    if value.strip().lower() in ("", "random", "none") or not looks_like_file or schemed:
+    if is_random(value) or not looks_like_file(value) or schemed:
         return value
     return cfg.shared(value)
 
@@ -122,7 +119,7 @@ def random_parts(cfg: ScoreConfig) -> list[str]:
     given = {"score.clip_pretrained": cfg.clip_pretrained,
              "score.aesthetic_clip_pretrained": cfg.aesthetic_clip_pretrained,
              "score.aesthetic_weights": cfg.aesthetic_weights}
-    return [k for k, v in given.items() if v.strip().lower() in ("", "random", "none")]
+    return [k for k, v in given.items() if is_random(v)]
 
 
 def uses_random_weights(cfg: ScoreConfig) -> bool:

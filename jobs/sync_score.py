@@ -33,8 +33,7 @@ from jobs.lake import Lake
 from jobs.session import ARROW_BATCH, scoped_conf
 from jobs.stages import Stage
 from udfs import storage
-
-RANDOM = ("", "random", "none")
+from udfs.checkpoint_files import is_random
 
 
 @dataclass
@@ -87,7 +86,7 @@ def check_models(sc: SyncScoreConfig) -> None:
     labels = [m.label for m in sc.models]
     if len(set(labels)) != len(labels):
         raise UserError(f"sync_score.models: labels must be unique (set alias), got {labels}")
-    random = [m.label for m in sc.models if m.pretrained.strip().lower() in RANDOM]
+    random = [m.label for m in sc.models if is_random(m.pretrained)]
     if random and not sc.random_init_ok:
         raise UserError(f"{', '.join(random)}: refusing randomly initialised weights; give a "
                         "pretrained tag or checkpoint, or set sync_score.random_init_ok=true")

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from udfs import storage
+from udfs.checkpoint_files import is_random as random_weights
 from udfs.device import select_device
 from udfs.worker_cache import clear, worker_cached
 
 L14_DIM = 768
-_RANDOM = ("", "random", "none")
 _RANDOM_SEED = 0  # identical random heads in every worker (tests and demos only)
 
 
@@ -66,7 +66,7 @@ def load_aesthetic(
 ) -> AestheticMLP:
     """The process-wide predictor for (path, device, input_dim), in eval mode."""
     dev = select_device() if device is None else torch.device(device)
-    is_random = path is None or path.strip().lower() in _RANDOM
+    is_random = random_weights(path)
     if is_random and not random_init_ok:
         raise ValueError(
             "no aesthetic predictor weights given: refusing to score with a randomly "

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from udfs.checkpoint_files import CHECKPOINT_SUFFIXES
+from udfs import storage
+from udfs.checkpoint_files import CHECKPOINT_SUFFIXES, is_random, looks_like_file
 from udfs.device import inference_dtype, select_device
 from udfs.worker_cache import clear, worker_cached
 
@@ -47,7 +48,6 @@ MINI_READER_CONFIG: dict[str, Any] = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
-_RANDOM = ("", "random", "none")
 _SCHEMAS = ("hf-hub:", "local-dir:")
 _RANDOM_SEED = 0  # every worker must build the same random model, or partitions disagree
 
@@ -116,10 +116,10 @@ def _resolve_pretrained(
 ) -> tuple[str | None, bool, bool]:
     """(pretrained for open_clip, is_random, force_quick_gelu) with clear errors."""
     if model_name.startswith(_SCHEMAS):
-        if pretrained not in (None, *_RANDOM):
+        if not is_random(pretrained):
             raise ValueError(f"{model_name!r} brings its own weights; pretrained must be None")
         return None, False, False
-    if pretrained is None or pretrained.strip().lower() in _RANDOM:
+    if is_random(pretrained):
         if not random_init_ok:
             raise ValueError(
                 f"no pretrained weights given for CLIP model {model_name!r}: refusing to score "
@@ -128,14 +128,14 @@ def _resolve_pretrained(
                 "random_init_ok=True (tests and demos only)."
             )
         return None, True, False
-    looks_like_path = pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained
-    if looks_like_path or os.path.exists(pretrained):
-        path = os.path.abspath(os.path.expanduser(pretrained))
+    if storage.is_remote(pretrained) or looks_like_file(pretrained) or os.path.exists(pretrained):
+        path = pretrained if storage.is_remote(pretrained) else os.path.abspath(
+            os.path.expanduser(storage.local_path(pretrained)))
         if not path.lower().endswith(CHECKPOINT_SUFFIXES):
             raise ValueError(
                 f"unsupported checkpoint file {pretrained!r}: use one of {CHECKPOINT_SUFFIXES}"
             )
-        if not os.path.isfile(path):
+        if not storage.isfile(path):  # a local, mounted or object-store path alike
             raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
         return path, False, False
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -194,7 +194,9 @@ def _build(
         torch.manual_seed(_RANDOM_SEED)
         model = open_clip.create_model(
             model_name,
-            pretrained=pretrained,
+            # open_clip opens files by name: a remote checkpoint is fetched once first.
+            pretrained=storage.local_copy(pretrained) if pretrained and storage.is_remote(
+                pretrained) else pretrained,
             precision="fp32",
             device=device,
             force_quick_gelu=quick_gelu,

@@ -24,7 +24,6 @@ detector score and size.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from udfs.ocr import (
 )
 from udfs.ocr_view import scale_polygon, view_scale
 from udfs.resize import remove_border
+from udfs.timing import Laps
 from udfs.worker_cache import worker_cached
 
 SCORE_FIELDS = (
@@ -170,20 +170,6 @@ def models_for(s: ScoreSettings) -> Models:
     return worker_cached("score_models", s, lambda: Models(s))
 
 
-class _Laps:
-    """Wall time per phase into `into` (None: not measured)."""
-
-    def __init__(self, into: dict[str, float] | None):
-        self.into = into
-        self.t = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        if self.into is not None:
-            self.into[name] = self.into.get(name, 0.0) + now - self.t
-        self.t = now
-
-
 def _error_row(sample_id: int, reason: str, retryable: bool = False,
                detail: str | None = None) -> dict:
     row = dict.fromkeys(SCORE_FIELDS)
@@ -267,7 +253,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
     from udfs import aesthetic, clip_models
 
     m = models_for(s)
-    lap = _Laps(laps)
+    lap = Laps(laps)
     # Each image goes to the GPU once; OCR and both CLIP towers preprocess that copy.
     dev_images = (clip_models.upload_images(arrays, m.device)
                   if m.device.type == "cuda" else None)
@@ -462,10 +448,9 @@ def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings,
 
 def _score_part(part: pd.DataFrame, s: ScoreSettings,
                 laps: dict[str, float] | None = None, last_attempt: bool = True) -> list[dict]:
-    t0 = time.perf_counter()
+    lap = Laps(laps)
     decoded = decode_part(part, s)
-    if laps is not None:
-        laps["decode"] = laps.get("decode", 0.0) + time.perf_counter() - t0
+    lap("decode")
     return score_decoded(decoded, s, laps, last_attempt=last_attempt)
 
 

@@ -210,3 +210,27 @@ def put_folder(local_dir: str, final: str, last: Iterable[str] = ()) -> None:
         tmp = temp_path(dest)
         shutil.copyfile(src, tmp)
         publish_file(tmp, dest)
+
+
+def local_copy(path: str) -> str:
+    """A local file holding `path`'s bytes, for libraries that open files by name
+    (open_clip's checkpoint loader): the path itself when it is local or mounted, else a
+    copy fetched once per process into the temp folder (atomic: a half-written copy is
+    never found)."""
+    if not is_remote(path):
+        return local_path(path)
+    import hashlib
+
+    folder = os.path.join(tempfile.gettempdir(), f"deparrot-files-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    fs, inner = filesystem(path)
+    info = fs.info(inner)  # a new version of the file under the same name is a new copy
+    version = [str(info.get(k)) for k in ("size", "mtime", "LastModified", "ETag", "created")]
+    key = hashlib.sha256("\0".join([path, *version]).encode()).hexdigest()[:16]
+    copy = os.path.join(folder, f"{key}-{os.path.basename(path.rstrip('/'))}")
+    if not os.path.isfile(copy):
+        tmp = f"{copy}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(read_bytes(path))
+        os.replace(tmp, copy)
+    return copy

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,43 @@ def test_cuda_autocast_close_to_cpu(bundle):
     np.testing.assert_allclose(
         cm.encode_texts(gpu, ["a parrot"]), cm.encode_texts(bundle, ["a parrot"]), atol=2e-2
     )
+
+
+def test_weights_under_a_remote_storage_files_load_like_local_ones(tmp_path, bundle):
+    """Every weight file is read through udfs/storage.py: a CLIP checkpoint and the
+    aesthetic head named relative to a non-local `storage.files` (fsspec's memory://)
+    resolve there on the driver and load with the saved weights."""
+    import dataclasses
+
+    from jobs import score
+    from jobs.config import Config
+    from udfs import storage
+    from udfs.aesthetic import AestheticMLP, load_aesthetic
+
+    local = cm.save_random_checkpoint(TINY, tmp_path / "b32.safetensors", seed=7)
+    storage.write_bytes("memory://deparrot-files/models/b32.safetensors",
+                        Path(local).read_bytes())
+    head = AestheticMLP(cm.load_clip(TINY, local, "cpu", "fp32").embed_dim)
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    storage.write_bytes("memory://deparrot-files/models/head.pth",
+                        (tmp_path / "head.pth").read_bytes())
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg, storage=dataclasses.replace(cfg.storage, files="memory://deparrot-files"),
+        score=dataclasses.replace(cfg.score, clip_pretrained="models/b32.safetensors",
+                                  aesthetic_weights="models/head.pth"))
+    sc = score.model_files_on_shared_storage(cfg)
+    assert sc.clip_pretrained == "memory://deparrot-files/models/b32.safetensors"
+    assert sc.aesthetic_weights == "memory://deparrot-files/models/head.pth"
+
+    remote = cm.load_clip(TINY, sc.clip_pretrained, "cpu", "fp32")
+    assert not remote.random_init and remote.pretrained == sc.clip_pretrained
+    texts = ["a parrot", "SALE"]
+    from_local = cm.load_clip(TINY, local, "cpu", "fp32")
+    np.testing.assert_array_equal(cm.encode_texts(remote, texts),
+                                  cm.encode_texts(from_local, texts))
+    mlp = load_aesthetic(sc.aesthetic_weights, "cpu", input_dim=head.layers[0].in_features)
+    for name, tensor in mlp.state_dict().items():
+        torch.testing.assert_close(tensor, head.state_dict()[name], atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match="memory://deparrot-files/models/gone"):
+        cm.load_clip(TINY, "memory://deparrot-files/models/gone.safetensors", "cpu", "fp32")
