@@ -42,6 +42,8 @@ def spark(tmp_path_factory):
             "spark.conf.spark.ui.enabled=false",
             "spark.conf.spark.ui.showConsoleProgress=false",
             "spark.conf.spark.databricks.delta.snapshotPartitions=1",
+            "spark.conf.spark.databricks.delta.log.cacheSize=3",
+            "spark.conf.spark.driver.memory=4g",
             f"spark.conf.spark.sql.warehouse.dir={warehouse}",
         ],
     )

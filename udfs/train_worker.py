@@ -8,9 +8,11 @@ schedule, checkpoints and `--resume latest`. This module only prepares each proc
   a process's memory, so they are registered here, in every worker, before open_clip
   builds the model;
 - open_clip_train's setup_logging sets *every* logger that exists to INFO, torch's
-  dynamo and distributed loggers included, which floods a person's terminal; torch's
-  loggers go back to WARNING after it (unless DEPARROT_VERBOSE is set: `--verbose`).
-  open_clip's own INFO lines (losses) stay: `deparrot train` reads them from out.log;
+  dynamo and distributed loggers included, and prints the model and one line per
+  logged step: a thousand lines for a small run. Unless DEPARROT_VERBOSE is set
+  (`--verbose`), torch's loggers go back to WARNING, the console shows warnings only,
+  and rank 0 shows one progress line per run instead (epoch, rate, time left). Every
+  INFO line still goes to the run's out.log, where `deparrot train` reads the losses;
 - open_clip_train 3.3 wraps the model in DistributedDataParallel with
   `device_ids=[device]` even on CPU, which torch refuses for CPU modules; for CPU runs
   with several processes (gloo), the wrapper drops device_ids for CPU modules while the
@@ -28,6 +30,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,27 +58,75 @@ def _cpu_ddp_accepts_device_ids() -> Iterator[None]:
         torch.nn.parallel.DistributedDataParallel = original
 
 
+class _ProgressLine(logging.Handler):
+    """open_clip_train's step lines as one line per run: epoch, share done, rate, time
+    left. Rewritten in place at a terminal; elsewhere printed once, when the run ends."""
+
+    _STEP = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\].*?([\d.]+)/s,")
+
+    def __init__(self, epochs: int, stream: Any = None) -> None:
+        super().__init__(logging.INFO)
+        self.epochs, self.stream = max(1, epochs), stream or sys.stderr
+        self.start, self.line = time.monotonic(), ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        step = self._STEP.search(record.getMessage())
+        if not step:
+            return
+        epoch, percent, rate = int(step[1]), int(step[4]), float(step[5])
+        done = min(1.0, (epoch + percent / 100) / self.epochs)
+        elapsed = time.monotonic() - self.start
+        left = elapsed * (1 - done) / done if done > 0 else 0.0
+        self.line = (f"[train] epoch {min(epoch + 1, self.epochs)}/{self.epochs}, "
+                     f"{done:.0%} done, {rate:,.0f} samples/s, ~{left:.0f} s left")
+        if self.stream.isatty():
+            self.stream.write("\r" + self.line)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.line:
+            took = time.monotonic() - self.start
+            end = "\r" if self.stream.isatty() else ""
+            self.stream.write(f"{end}[train] {self.epochs} epoch(s) in {took:.0f} s; "
+                              f"last: {self.line.split(', ', 1)[1]}\n")
+            self.stream.flush()
+
+
+def _epochs(argv: list[str]) -> int:
+    return int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 1
+
+
 @contextlib.contextmanager
-def _torch_logs_at_warning() -> Iterator[None]:
-    """open_clip_train's logging, with torch's own loggers kept at WARNING."""
+def _quiet_console(argv: list[str]) -> Iterator[None]:
+    """open_clip_train's logging with torch's loggers at WARNING and, on the console,
+    warnings and one progress line only (out.log keeps every INFO line)."""
     import open_clip_train.main as trainer
 
     original = trainer.setup_logging
     if os.environ.get("DEPARROT_VERBOSE", "") not in ("", "0"):
         yield
         return
+    progress = _ProgressLine(_epochs(argv)) if os.environ.get("RANK", "0") == "0" else None
 
     def setup_logging(*args: Any, **kwargs: Any) -> None:
         original(*args, **kwargs)
         for name in list(logging.root.manager.loggerDict):
             if name == "torch" or name.startswith("torch."):
                 logging.getLogger(name).setLevel(logging.WARNING)
+        for handler in logging.root.handlers:
+            if type(handler) is logging.StreamHandler:  # the console, not out.log
+                handler.setLevel(logging.WARNING)
+        if progress is not None:
+            logging.root.addHandler(progress)
 
     trainer.setup_logging = setup_logging
     try:
         yield
     finally:
         trainer.setup_logging = original
+        if progress is not None:
+            logging.root.removeHandler(progress)
+            progress.finish()
 
 
 class _SeededShuffle:
@@ -133,7 +186,7 @@ def train_main(argv: list[str], model_configs: dict[str, dict[str, Any]],
     register_models(model_configs)
     from open_clip_train.main import main
 
-    with (_cpu_ddp_accepts_device_ids(), _torch_logs_at_warning(),
+    with (_cpu_ddp_accepts_device_ids(), _quiet_console(argv),
           _seeded_sample_shuffle()):
         code = main(list(argv))
     if code not in (None, 0):

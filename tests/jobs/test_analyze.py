@@ -18,6 +18,7 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from jobs import analyze, report
+from jobs.config import Config, load_config
 from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
 from jobs.ingest import METADATA_SCHEMA
 from jobs.lake import REJECTS_SCHEMA, Lake
@@ -45,8 +46,12 @@ def _jpeg(value: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def analysed(spark, cfg, tmp_path):
+@pytest.fixture(scope="module")
+def analysed(spark, tmp_path_factory):
+    """Hand-made tables, analysed once for the module (`analysed.result`); the tests
+    assert on what that run wrote."""
+    tmp_path = tmp_path_factory.mktemp("analyze")
+    cfg = load_config(None, [f"storage.root={tmp_path / 'lake'}", "storage.schema=t_analyze"])
     lake = Lake(spark, cfg)
     for key, schema in (("metadata", METADATA_SCHEMA), ("images", IMAGES_TABLE),
                         ("scores", SCORES_TABLE), ("subset", SUBSET_SCHEMA)):
@@ -74,15 +79,22 @@ def analysed(spark, cfg, tmp_path):
     spark.createDataFrame([("publish", "text_found", str(i), i) for i in (1, 2, 5, 6)],
                           "stage string, reason string, reject_key string, sample_id long") \
         .writeTo(lake.ref("rejects").name).append()
-    return dataclasses.replace(
+    cfg = dataclasses.replace(
         cfg, analyze=dataclasses.replace(cfg.analyze, top_k=5,
                                          export_dir=str(tmp_path / "vocab")),
         report=dataclasses.replace(cfg.report, out=str(tmp_path / "report")))
+    return Analysed(cfg, analyze.run(spark, cfg))
+
+
+@dataclasses.dataclass
+class Analysed:
+    cfg: Config
+    result: analyze.AnalyzeReport
 
 
 def test_analyze_tables_equal_hand_and_pandas_computations(spark, analysed):
-    result = analyze.run(spark, analysed)
-    lake = Lake(spark, analysed)
+    result = analysed.result
+    lake = Lake(spark, analysed.cfg)
     rows = {r["sample_id"]: r for r in lake.read("parrot").collect()}
     assert result.rows == len(ROWS) == len(rows)
     # Hand-computed: exact splits keep "coffee," apart from "coffee"; normalised does not.
@@ -121,8 +133,8 @@ def test_analyze_tables_equal_hand_and_pandas_computations(spark, analysed):
 
 
 def test_ngrams_equal_a_plain_python_count_and_round_trip_csv(spark, analysed):
-    result = analyze.run(spark, analysed)
-    lake = Lake(spark, analysed)
+    result = analysed.result
+    lake = Lake(spark, analysed.cfg)
     one, two = collections.Counter(), collections.Counter()
     for caption, *_ in ROWS.values():
         words = words_normalised(caption)
@@ -143,7 +155,7 @@ def test_ngrams_equal_a_plain_python_count_and_round_trip_csv(spark, analysed):
     with open(result.csv["caption_1gram"], newline="", encoding="utf-8") as fh:
         back = [(w, int(c)) for w, c in list(csv.reader(fh))[1:]]
     assert back == got["caption_1gram"]
-    again = analyze.run(spark, analysed)  # recomputed, never appended
+    again = analyze.run(spark, analysed.cfg)  # recomputed, never appended
     assert again.rows == result.rows and lake.read("ngrams").count() == sum(
         result.vocab_sizes.values())
 
@@ -151,8 +163,7 @@ def test_ngrams_equal_a_plain_python_count_and_round_trip_csv(spark, analysed):
 def test_report_figures_exist_and_numbers_match_tables(spark, analysed):
     from jobs.report_html import report_figures
 
-    analyze.run(spark, analysed)
-    out = report.run(spark, analysed)
+    out = report.run(spark, analysed.cfg)
     page = Path(out.path)
     html = page.read_text(encoding="utf-8")
     figures = report_figures(html)
@@ -160,19 +171,19 @@ def test_report_figures_exist_and_numbers_match_tables(spark, analysed):
     for src in figures:
         with Image.open(page.parent / src) as img:
             img.verify()
-    lake = Lake(spark, analysed)
+    lake = Lake(spark, analysed.cfg)
     share = lake.read("parrot_summary").where("measure = 'images_with_text_share'").first()
     assert f"{share['value']:.4f}" in html
     assert "removed for text" in html.lower() or "removed_text" in html
     assert "cofee" in html  # a kept/removed caption in the contact sheet or n-grams
 
 
+@pytest.mark.slow  # a second JVM; the default run: test_sql_registers_views_and_reports_bad_queries
 def test_sql_in_a_new_process_sees_tables_written_earlier(spark, analysed):
-    analyze.run(spark, analysed)
-    name = Lake(spark, analysed).ref("parrot").name
+    name = Lake(spark, analysed.cfg).ref("parrot").name
     cmd = [sys.executable, "-m", "jobs.cli", "sql", "--set",
-           f"storage.root={analysed.storage.root}", "--set",
-           f"storage.schema={analysed.storage.schema}",
+           f"storage.root={analysed.cfg.storage.root}", "--set",
+           f"storage.schema={analysed.cfg.storage.schema}",
            f"SELECT count(*) AS n FROM {name} WHERE ocr_type = 'no_text'"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -184,13 +195,13 @@ def test_sql_registers_views_and_reports_bad_queries(spark, analysed, capsys):
     from jobs import sql
     from jobs.errors import UserError
 
-    names = sql.register_all(spark, analysed)
-    schema = analysed.storage.schema
+    names = sql.register_all(spark, analysed.cfg)
+    schema = analysed.cfg.storage.schema
     assert f"{schema}.reject_reasons" in names and f"{schema}.metadata" in names
-    sql.run(spark, analysed, f"SELECT * FROM {schema}.reject_reasons")
+    sql.run(spark, analysed.cfg, f"SELECT * FROM {schema}.reject_reasons")
     assert "text_found" in capsys.readouterr().out
     with pytest.raises(UserError, match="query failed"):
-        sql.run(spark, analysed, "SELECT * FROM no_such_table")
+        sql.run(spark, analysed.cfg, "SELECT * FROM no_such_table")
 
 
 @pytest.mark.slow
@@ -200,10 +211,9 @@ def test_report_renders_in_a_real_browser(spark, analysed, tmp_path):
 
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("no Chromium (apt-get install chromium)")
-    analyze.run(spark, analysed)
-    report.run(spark, analysed)
+    report.run(spark, analysed.cfg)
     shot = tmp_path / "shot.png"
-    subprocess.run(["bash", str(ROOT / "scripts/screenshot_report.sh"), analysed.report.out,
+    subprocess.run(["bash", str(ROOT / "scripts/screenshot_report.sh"), analysed.cfg.report.out,
                     str(shot)], check=True, timeout=120)
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("L"))

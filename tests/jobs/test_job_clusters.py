@@ -24,6 +24,7 @@ import yaml
 from jobs.config import load_config
 from jobs.demo import serve
 from jobs.sample import generate
+from tests.support.fast_ocr import FAST_OCR
 from udfs.clip_models import TINY_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,7 @@ def _runtime_overlay(tmp: Path) -> dict:
     demo = yaml.safe_load((ROOT / "conf" / "demo.yaml").read_text())
     for key in ("extends", "spark", "storage", "sample", "ingest"):
         demo.pop(key, None)
+    demo["score"] = {**demo["score"], "spotter_options": FAST_OCR}
     return {**demo,
             "spark": {"master": "local[2]", "conf": {
                 "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
@@ -104,6 +106,7 @@ def _run_task(task: dict, variables: dict[str, str], workspace: Path, tmp: Path)
     return done.stdout + done.stderr
 
 
+@pytest.mark.cluster  # a deployment shape: CI's second step, beside the standalone cluster
 def test_every_task_on_its_own_job_cluster(spark, tmp_path):
     workspace = _workspace(tmp_path)
     volume = tmp_path / "volume"

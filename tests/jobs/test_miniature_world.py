@@ -69,6 +69,7 @@ def test_held_out_visual_set_covers_every_class_and_differs_from_training_draws(
     assert not np.array_equal(np.asarray(train_draw), np.asarray(images[0]))
 
 
+@pytest.mark.slow  # the real spotter over the whole world: also `deparrot miniature`
 def test_the_real_ocr_finds_parrot_and_mixed_text_and_little_in_visual_images():
     """The world is only useful if the pipeline's spotter sees its text (any_text drops
     parrot and mixed pairs) and not text in the visual images: the score stage's

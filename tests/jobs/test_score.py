@@ -11,6 +11,7 @@ from jobs.download import TABLE_SCHEMA as IMAGES_TABLE
 from jobs.ingest import METADATA_SCHEMA
 from jobs.lake import Lake
 from jobs.sample import photo_image, text_image
+from tests.support.fast_ocr import FAST_OCR
 from udfs.clip_models import TINY_MODEL_NAME, save_random_checkpoint
 
 
@@ -52,6 +53,8 @@ def _score_cfg(cfg, tmp_path, **kw):
     base = dict(clip_model=TINY_MODEL_NAME, clip_pretrained=ckpt,
                 aesthetic_clip_model=TINY_MODEL_NAME, aesthetic_clip_pretrained="random",
                 aesthetic_weights="", random_init_ok=True, batch_size=4, arrow_batch_size=8)
+    if "spotter" not in kw:  # the real spotter, test-sized unless a test names its options
+        base["spotter_options"] = FAST_OCR
     base.update(kw)
     return dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, **base))
 
@@ -59,7 +62,8 @@ def _score_cfg(cfg, tmp_path, **kw):
 def test_score_stage_through_spark(spark, scored_inputs, tmp_path):
     from jobs.session import ARROW_BATCH
 
-    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True)
+    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
+                     spotter_options={})  # the default spotter setting, in Spark
     before = spark.conf.get(ARROW_BATCH, None)
     report = score.run(spark, cfg)
     # Its Arrow batch size was the stage's own: the next stage of `deparrot run` in this
@@ -196,7 +200,11 @@ def make(log, device=None, cpu_threads=0):
 '''
 
 
-@pytest.mark.parametrize("rows_per_commit,retried", [(100, False), (2, False), (2, True)])
+@pytest.mark.parametrize("rows_per_commit,retried", [
+    pytest.param(100, False, marks=pytest.mark.slow),  # one chunk
+    pytest.param(2, False, marks=pytest.mark.slow),  # chunks, new ids only
+    (2, True),  # chunks with retried ids: the update MERGE, the costliest path
+])
 def test_each_image_goes_through_the_models_once(spark, scored_inputs, tmp_path,
                                                  rows_per_commit, retried):
     """Insert-only and replacing MERGEs alike read one stored copy of the chunk: a MERGE
@@ -282,6 +290,7 @@ def make(device=None, cpu_threads=0, delay_s=2.0):
 '''
 
 
+@pytest.mark.slow  # the lake-level race: tests/jobs/test_cli_errors.py (default run)
 def test_two_score_runs_at_once_store_each_id_once(spark, scored_inputs, tmp_path):
     import threading
 

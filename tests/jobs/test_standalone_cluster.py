@@ -2,7 +2,7 @@
 2 one-core workers on 127.0.0.1, separate JVMs), with the built wheel as --py-files and
 the Delta jars; then again with one executor JVM killed (kill -9) after the scores
 table's first data commit. Spark re-runs the lost tasks; the tables must come out the
-same, with no id twice. Marked `cluster` (its own step in .ci/run: about 5 minutes).
+same, with no id twice. Marked `cluster`: .ci/run's second step, with the other deployment shape.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import yaml
 from jobs.demo import serve
 from jobs.sample import generate
 from jobs.session import DELTA_CATALOG, DELTA_EXTENSION, cached_jars
+from tests.support.fast_ocr import FAST_OCR
 from tests.support.standalone_cluster import StandaloneCluster, spark_home
 
 pytestmark = pytest.mark.cluster
@@ -50,7 +51,7 @@ def _config(tmp: Path, lake: Path, metadata: Path) -> Path:
     demo = yaml.safe_load((ROOT / "conf" / "demo.yaml").read_text())
     for key in ("extends", "spark", "storage", "sample", "ingest"):
         demo.pop(key, None)
-    demo["score"].update(rows_per_commit=12, batch_size=4)
+    demo["score"].update(rows_per_commit=12, batch_size=4, spotter_options=FAST_OCR)
     demo["download"]["rows_per_commit"] = 20
     path = tmp / f"{lake.name}.yaml"
     path.write_text(yaml.safe_dump({

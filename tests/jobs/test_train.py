@@ -258,3 +258,31 @@ def test_two_cpu_processes_learn_checkpoint_and_resume(spark, cfg, tmp_path):
     assert [r["final_epoch"] for r in runs] == [2, 3]
     assert [r["sync_words"] for r in runs] == [3, 3]
     assert runs[0]["sync_score"] == pytest.approx(first.sync_score)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_run_shows_one_progress_line_and_verbose_brings_open_clips_lines_back(
+        spark, cfg, tmp_path, capfd, monkeypatch, verbose):
+    """A person sees one progress line per run, not open_clip's model printout and a
+    line per step; out.log keeps every line (the losses are read from it)."""
+    if verbose:
+        monkeypatch.setenv("DEPARROT_VERBOSE", "1")
+    else:
+        monkeypatch.delenv("DEPARROT_VERBOSE", raising=False)
+    cfg = _configure(cfg, tmp_path, n=32, epochs=2, train_num_samples=32,
+                     launcher="in_process")
+    write_shards_directly(cfg, 32)
+    capfd.readouterr()
+    report = train.run(spark, cfg)
+    shown = capfd.readouterr()
+    lines = (shown.out + shown.err).splitlines()
+    log = (tmp_path / "logs" / "tiny" / "out.log").read_text()
+    assert log.count("Train Epoch:") >= 2 and report.loss_end is not None
+    steps = [ln for ln in lines if "Train Epoch:" in ln]
+    progress = [ln for ln in lines if ln.startswith("[train] ")]
+    if verbose:
+        assert steps and not progress
+    else:
+        assert not steps and not any("Model:" in ln for ln in lines)
+        assert len(progress) == 1 and progress[0].startswith("[train] 2 epoch(s) in ")
+        assert "samples/s" in progress[0]

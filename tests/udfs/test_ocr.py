@@ -222,6 +222,7 @@ def test_batched_is_the_default_and_built_once(batched):
     assert ocr.make_spotter(ocr.BATCHED_SPOTTER, cpu_threads=1) is batched
 
 
+@pytest.mark.slow  # the default run: test_batched_letterboxing_does_not_move_boxes
 def test_batched_agrees_with_per_image_rapidocr(batched):
     """One look (the detector on the image, as RapidOCR runs it) gives RapidOCR's boxes
     and text; the default second look only adds boxes (every first-look box stays)."""
@@ -268,13 +269,15 @@ def test_batched_letterboxing_does_not_move_boxes(batched):
 
 
 def test_batched_torch_engine_matches_numpy(batched):
-    """The GPU code path (torch preprocessing + ONNX Runtime I/O binding) on CPU."""
+    """The GPU code path (torch preprocessing + ONNX Runtime I/O binding) on CPU, both
+    looks, against the numpy path at the same (test-sized) detector side."""
     from udfs.batched_ocr import BatchedOcrSpotter
     from udfs.clip_models import upload_images
 
     images = _test_images()
-    torch_path = BatchedOcrSpotter(engine="torch", num_threads=1)
-    want = batched.spot(images, recognize=True)
+    torch_path = BatchedOcrSpotter(engine="torch", num_threads=1, det_limit_side_len=512)
+    numpy_path = BatchedOcrSpotter(engine="numpy", num_threads=1, det_limit_side_len=512)
+    want = numpy_path.spot(images, recognize=True)
     for kw in ({}, {"device_images": upload_images(images, "cpu")}):
         got = torch_path.spot(images, recognize=True, **kw)
         assert torch_path.engine == "torch"  # it did not fall back

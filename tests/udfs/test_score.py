@@ -231,6 +231,7 @@ def _by_id(frames) -> dict:
     return {r["sample_id"]: r for r in rows}
 
 
+@pytest.mark.slow  # in Spark, the default run: test_each_image_goes_through_the_models_once
 def test_per_image_results_do_not_depend_on_batches_order_or_chunks():
     frame = _mixed_frame()
     base = dict(reuse_aesthetic=True, spotter="batched")
