@@ -1,5 +1,8 @@
 import dataclasses
+import functools
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +51,16 @@ def scored_inputs(spark, cfg):
     return cfg
 
 
+@functools.cache
+def _tiny_checkpoint() -> str:
+    """One tiny random CLIP checkpoint for the test run: equal settings across tests, so
+    the Python workers keep their loaded models from one test to the next."""
+    folder = tempfile.mkdtemp(prefix="deparrot-test-models-")
+    return save_random_checkpoint(TINY_MODEL_NAME, Path(folder) / "b32.safetensors")
+
+
 def _score_cfg(cfg, tmp_path, **kw):
-    ckpt = save_random_checkpoint(TINY_MODEL_NAME, tmp_path / "b32.safetensors")
-    base = dict(clip_model=TINY_MODEL_NAME, clip_pretrained=ckpt,
+    base = dict(clip_model=TINY_MODEL_NAME, clip_pretrained=_tiny_checkpoint(),
                 aesthetic_clip_model=TINY_MODEL_NAME, aesthetic_clip_pretrained="random",
                 aesthetic_weights="", random_init_ok=True, batch_size=4, arrow_batch_size=8)
     if "spotter" not in kw:  # the real spotter, test-sized unless a test names its options
@@ -451,6 +461,12 @@ def test_a_model_error_on_one_image_is_final_for_that_image_only(
     assert final == {3, 5} and got[3]["error"] == "score:ValueError"  # 3: the green photo
     assert all(got[s]["status"] == "ok" for s in (1, 2, 4))
     assert not any(r["retryable"] for r in got.values())
+    # The error keeps its words, in the row and in the reject.
+    assert got[3]["error_detail"] == "ValueError: cannot handle this image"
+    rejects = {r["sample_id"]: r for r in Lake(spark, cfg).read("rejects").where(
+        "stage = 'score'").collect()}
+    assert set(rejects) == {3, 5} and rejects[3]["reason"] == "score:ValueError"
+    assert rejects[3]["detail"] == "ValueError: cannot handle this image"
     assert score.run(spark, cfg).pending == 0
 
 
@@ -470,20 +486,6 @@ def test_an_injected_bug_fails_the_stage_instead_of_rejecting_every_image(
     fixed = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True)
     report = score.run(spark, fixed)
     assert (report.pending, report.ok, report.errors) == (5, 4, {"decode:decode_error": 1})
-
-
-def test_a_model_error_keeps_its_words_in_the_row_and_the_reject(
-        spark, scored_inputs, tmp_path, flaky):
-    cfg = _score_cfg(scored_inputs, tmp_path, reuse_similarity=True, reuse_aesthetic=True,
-                     spotter=f"{flaky}:hates_green")
-    score.run(spark, cfg)
-    got = _scores(spark, cfg)
-    assert got[3]["error_detail"] == "ValueError: cannot handle this image"
-    rejects = {r["sample_id"]: r for r in Lake(spark, cfg).read("rejects").where(
-        "stage = 'score'").collect()}
-    assert set(rejects) == {3, 5}
-    assert rejects[3]["reason"] == "score:ValueError"
-    assert rejects[3]["detail"] == "ValueError: cannot handle this image"
 
 
 def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
