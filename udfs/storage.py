@@ -215,8 +215,9 @@ def put_folder(local_dir: str, final: str, last: Iterable[str] = ()) -> None:
 def local_copy(path: str) -> str:
     """A local file holding `path`'s bytes, for libraries that open files by name
     (open_clip's checkpoint loader): the path itself when it is local or mounted, else a
-    copy fetched once per process into the temp folder (atomic: a half-written copy is
-    never found)."""
+    copy in this machine's temp folder, fetched once per version of the file (its size
+    and modification stamp are looked up on every call) and written atomically, so a
+    half-written copy is never found."""
     if not is_remote(path):
         return local_path(path)
     import hashlib
