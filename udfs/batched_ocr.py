@@ -27,12 +27,24 @@ decoder) and changes only how images reach the networks:
    Unlike RapidOCR's pipeline, boxes read as nothing are kept, with `text=None` and the
    recogniser's confidence: the score stage's text rule decides what counts as text.
 
-On CUDA (onnxruntime-gpu with the CUDAExecutionProvider), resizing, letterboxing and
-normalisation run in torch on the GPU, the batch reaches the detector through ONNX
-Runtime I/O binding (no host round trip, fixed batch shapes so cuDNN's algorithm search
-runs once per shape), and only the probability maps of images with a candidate box come
-back, through pinned memory. The same torch path runs on CPU with `engine="torch"`
-(tests use it to exercise that code without a GPU).
+Two independent knobs say where the work runs:
+
+- `engine` is the *pre-processing* (resize, letterbox, normalise): "torch" does it on the
+  spotter's device in torch, "numpy" with cv2/numpy on the host; "auto" = torch on CUDA.
+- `runtime` is what runs the *networks*: "onnxruntime" (the ONNX files as they are) or
+  "torch" (the same files converted in memory by `udfs.ppocr_torch`, identical outputs
+  to ~1e-6); "auto" = torch when the spotter's device is a CUDA device torch can use,
+  onnxruntime otherwise (on CPU onnxruntime's fused kernels are several times faster).
+  With torch on a GPU, CLIP and OCR share one runtime, and onnxruntime-gpu is not needed.
+
+On CUDA, resizing, letterboxing and normalisation run in torch on the GPU, the batch
+reaches the detector without a host round trip (the torch module, or ONNX Runtime I/O
+binding with onnxruntime-gpu; fixed batch shapes so cuDNN's algorithm search runs once
+per shape), and only the probability maps of images with a candidate box come back,
+through pinned memory; with the torch runtime the recogniser's per-step argmax and max
+are taken on the device too, so only (crops x steps) numbers come back. The same torch
+path runs on CPU with `engine="torch"` (tests use it to exercise that code without a
+GPU).
 
 Use it with `score.spotter: udfs.batched_ocr:batched_spotter` (alias `batched`).
 """
@@ -79,6 +91,8 @@ DEFAULT_REC_BATCH_SIZE = 32
 # Letterbox granularity: network sizes are rounded up to a multiple of this many pixels,
 # so mixed-size images share batches. 0 = exact sizes only (no padding at all).
 DEFAULT_BUCKET = 128
+# What runs the networks (`runtime`); "auto" = torch on CUDA, onnxruntime on CPU.
+RUNTIMES = ("auto", "onnxruntime", "torch")
 _STRIDE = 32  # the DB network's input sizes are multiples of 32 (rapidocr's rule)
 # Recognition input widths: a crop's aspect ratio rounded up to this (x 48 px = 24 px).
 REC_RATIO_STEP = 0.5
@@ -162,10 +176,12 @@ def _bucket(size: int, step: int) -> int:
 
 
 class BatchedOcrSpotter:
-    """PP-OCR det + rec through ONNX Runtime on batches; see the module docstring.
+    """PP-OCR det + rec on batches; see the module docstring.
 
     Options mirror `RapidOcrSpotter` (same defaults) plus the batching knobs.
-    `engine`: "auto" (torch on CUDA, numpy/cv2 on CPU), "numpy" or "torch".
+    `engine` (pre-processing): "auto" (torch on CUDA, numpy/cv2 on CPU), "numpy" or
+    "torch". `runtime` (the networks): "auto" (torch on CUDA, onnxruntime on CPU),
+    "onnxruntime" or "torch"; `self.runtime` and `self.engine` hold the resolved choices.
     `seconds` accumulates wall time per phase (det, det_post, rec) for benchmarks.
     """
 
@@ -189,6 +205,7 @@ class BatchedOcrSpotter:
         rec_padding: str = "per_crop",
         bucket: int = DEFAULT_BUCKET,
         engine: str = "auto",
+        runtime: str = "auto",
         device: Any = None,
         num_threads: int = 0,
         det_model_path: str | None = None,
@@ -205,6 +222,8 @@ class BatchedOcrSpotter:
             raise ValueError(f"det_limit_type must be 'min' or 'max', got {det_limit_type!r}")
         if engine not in ("auto", "numpy", "torch"):
             raise ValueError(f"engine must be auto, numpy or torch, got {engine!r}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if rec_padding not in ("per_crop", "per_call"):
             raise ValueError(f"rec_padding must be per_crop or per_call, got {rec_padding!r}")
         self.rec_padding = rec_padding
@@ -228,7 +247,13 @@ class BatchedOcrSpotter:
         self.seconds: dict[str, float] = defaultdict(float)
 
         cuda_index = _cuda_index(device)
-        self.on_gpu = cuda_index is not None and ort_cuda_available()
+        torch_cuda = cuda_index is not None and _torch_cuda_available()
+        if runtime == "auto":
+            runtime = "torch" if torch_cuda else "onnxruntime"
+        self.runtime = runtime
+        # On the GPU when the chosen runtime can use it there.
+        self.on_gpu = cuda_index is not None and (
+            torch_cuda if runtime == "torch" else ort_cuda_available())
         self.engine = ("torch" if self.on_gpu else "numpy") if engine == "auto" else engine
         self.cfg = _rapidocr_config({
             "Global.log_level": "error",
@@ -236,28 +261,41 @@ class BatchedOcrSpotter:
             "Det.limit_type": det_limit_type,
             "Rec.rec_batch_num": int(rec_batch_size),
         })
-        providers = _providers(cuda_index if self.on_gpu else None)
-        options = _session_options(num_threads)
-        import onnxruntime as ort
+        det_path = _model_path(self.cfg.Det, det_model_path)
+        rec_path = _model_path(self.cfg.Rec, rec_model_path)
+        self._det: Any = None  # onnxruntime sessions (runtime onnxruntime)
+        self._rec_session: Any = None
+        self._det_net: Any = None  # udfs.ppocr_torch modules (runtime torch)
+        self._rec_net: Any = None
+        self._torch_device = None
+        if self.engine == "torch" or runtime == "torch":
+            import torch
 
-        self._det = ort.InferenceSession(
-            str(_model_path(self.cfg.Det, det_model_path)), options, providers=providers)
-        self._det_in = self._det.get_inputs()[0].name
-        self._det_out = self._det.get_outputs()[0].name
+            self._torch_device = (torch.device("cuda", cuda_index) if self.on_gpu
+                                  else torch.device("cpu"))
+        if runtime == "torch":
+            from udfs.ppocr_torch import load_torch_ppocr
+
+            # `num_threads` is onnxruntime's: torch's CPU threads are process-wide (the
+            # score stage sets them from cpu_threads).
+            self._det_net = load_torch_ppocr(det_path, self._torch_device)
+            self._rec_net = load_torch_ppocr(rec_path, self._torch_device)
+        else:
+            providers = _providers(cuda_index if self.on_gpu else None)
+            options = _session_options(num_threads)
+            import onnxruntime as ort
+
+            self._det = ort.InferenceSession(str(det_path), options, providers=providers)
+            self._det_in = self._det.get_inputs()[0].name
+            self._det_out = self._det.get_outputs()[0].name
+            self._rec_session = ort.InferenceSession(str(rec_path), options,
+                                                     providers=providers)
         self._db = DBPostProcess(thresh=float(det_thresh), box_thresh=self.box_thresh,
                                  max_candidates=int(self.cfg.Det.max_candidates),
                                  unclip_ratio=float(unclip_ratio),
                                  score_mode=str(self.cfg.Det.score_mode),
                                  use_dilation=bool(self.cfg.Det.use_dilation))
-        self._rec_session = ort.InferenceSession(
-            str(_model_path(self.cfg.Rec, rec_model_path)), options, providers=providers)
         self._rec = None  # rapidocr's TextRecognizer, built on first use
-        self._torch_device = None
-        if self.engine == "torch":
-            import torch
-
-            self._torch_device = (torch.device("cuda", cuda_index) if self.on_gpu
-                                  else torch.device("cpu"))
 
     # -- public --------------------------------------------------------------------
 
@@ -400,7 +438,14 @@ class BatchedOcrSpotter:
             x *= 2.0 / 255.0  # (x / 255 - 0.5) / 0.5
             x -= 1.0
             batch[k, :, :p.det_h, :p.det_w] = x[:, :, ::-1].transpose(2, 0, 1)  # BGR planes
-        pred = self._det.run([self._det_out], {self._det_in: batch})[0]
+        if self._det_net is not None:
+            import torch
+
+            with torch.inference_mode():
+                x = torch.from_numpy(batch).to(self._torch_device)
+                pred = self._det_net(x).float().cpu().numpy()
+        else:
+            pred = self._det.run([self._det_out], {self._det_in: batch})[0]
         maps: list[np.ndarray | None] = []
         for k, p in enumerate(group):
             prob = pred[k, 0, :p.det_h, :p.det_w]
@@ -428,7 +473,11 @@ class BatchedOcrSpotter:
                                   align_corners=False, antialias=False)
             idx = torch.tensor(members, device=dev)
             batch[idx, :, :det_h, :det_w] = x.mul_(2.0 / 255.0).sub_(1.0)
-        pred = self._run_bound(batch)[:len(group), 0]
+        if self._det_net is not None:
+            with torch.inference_mode():
+                pred = self._det_net(batch).float()[:len(group), 0]
+        else:
+            pred = self._run_bound(batch)[:len(group), 0]
         hs = torch.tensor([p.det_h for p in group], device=dev)
         ws = torch.tensor([p.det_w for p in group], device=dev)
         rows = torch.arange(hb, device=dev)[None, :, None] < hs[:, None, None]
@@ -525,7 +574,10 @@ class BatchedOcrSpotter:
             cfg = _AttrDict({k: rec[k] for k in rec})
             cfg.update(engine_cfg=self.cfg.EngineConfig[rec.engine_type.value],
                        model_root_dir=None, font_path=None, session=self._rec_session)
-            self._rec = TextRecognizer(cfg)
+            if self._rec_net is None:
+                self._rec = TextRecognizer(cfg)
+            else:
+                self._rec = _torch_text_recognizer(cfg, self._rec_net, self._torch_device)
         return self._rec
 
     def _recognize(self, plans: list[_Plan], boxes: dict[int, list]
@@ -573,13 +625,75 @@ class BatchedOcrSpotter:
             for start in range(0, len(members), self.rec_batch_size):
                 part = members[start:start + self.rec_batch_size]
                 batch = np.stack([rec.resize_norm_img(crops[i], padded) for i in part])
-                preds = rec.session(batch.astype(np.float32))
-                lines, _ = rec.postprocess_op(preds, False,
-                                              wh_ratio_list=[ratios[i] for i in part],
-                                              max_wh_ratio=padded)
+                wh_ratios = [ratios[i] for i in part]
+                if self._rec_net is not None:
+                    # CTCLabelDecode.__call__ is argmax/max over the classes, then
+                    # decode: the reduction runs on the device (18710 classes a step).
+                    idx, prob = _torch_rec_argmax(self._rec_net, batch, self._torch_device)
+                    lines, _ = rec.postprocess_op.decode(idx, prob, False, wh_ratios, padded,
+                                                         remove_duplicate=True)
+                else:
+                    preds = rec.session(batch.astype(np.float32))
+                    lines, _ = rec.postprocess_op(preds, False, wh_ratio_list=wh_ratios,
+                                                  max_wh_ratio=padded)
                 for i, (txt, score) in zip(part, lines, strict=True):
                     out[i] = (str(txt), float(score))
         return out
+
+
+class _TorchRecSession:
+    """What rapidocr's TextRecognizer calls as `session(batch)`: the ONNX recogniser's
+    output (N, steps, classes) float32 numpy array, computed by the torch module."""
+
+    def __init__(self, net: Any, device: Any) -> None:
+        self.net, self.device = net, device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+            return self.net(x).float().cpu().numpy()
+
+
+def _torch_text_recognizer(cfg: Any, net: Any, device: Any):
+    """rapidocr's TextRecognizer on the torch recogniser, without an onnxruntime session.
+
+    TextRecognizer.__init__ insists on an onnxruntime InferenceSession (it reads the
+    character list from the model's metadata through it); everything else it keeps is
+    set here the same way: the CTC decoder from the ONNX file's own character list
+    (`metadata_props["character"]`), batch size, input shape and config.
+    """
+    from rapidocr.ch_ppocr_rec import TextRecognizer
+    from rapidocr.ch_ppocr_rec.utils import CTCLabelDecode
+
+    if "character" not in net.metadata:
+        raise ValueError("the recognition model has no character list in its metadata")
+    rec = TextRecognizer.__new__(TextRecognizer)
+    rec.session = _TorchRecSession(net, device)
+    rec.postprocess_op = CTCLabelDecode(character=net.metadata["character"].splitlines())
+    rec.rec_batch_num = cfg["rec_batch_num"]
+    rec.rec_image_shape = cfg["rec_img_shape"]
+    rec.cfg = cfg
+    return rec
+
+
+def _torch_rec_argmax(net: Any, batch: np.ndarray, device: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, the best class and its probability (what CTCLabelDecode takes from the
+    (N, steps, classes) output), reduced where the network ran."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device)
+        prob, idx = net(x).float().max(dim=2)  # ties: the first index, as numpy's argmax
+        return idx.cpu().numpy(), prob.cpu().numpy()
+
+
+def _torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _rect(polygon: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:

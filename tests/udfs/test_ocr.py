@@ -341,10 +341,11 @@ def test_gpu_batched_spotter_matches_cpu(batched):
     import torch
 
     from udfs.clip_models import upload_images
-    from udfs.device import ort_cuda_available
 
     gpu = ocr.make_spotter("batched", device=torch.device("cuda", 0))
-    assert gpu.engine == ("torch" if ort_cuda_available() else "numpy")
+    # runtime auto on CUDA: the networks in torch, so the GPU path whatever onnxruntime
+    # build is installed (tests/udfs/test_ppocr_torch.py compares the runtimes).
+    assert gpu.engine == "torch" and gpu.runtime == "torch"
     images = _test_images()
     want = batched.spot(images, recognize=True)
     for kw in ({}, {"device_images": upload_images(images, torch.device("cuda", 0))}):
