@@ -4,12 +4,13 @@
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--images N] [--batch-sizes 64,128,256]
 #
 # Needs only Python with torch (CUDA build on a GPU machine): no Java, no Spark, no
-# network. Packages the machine lacks (open_clip_torch, rapidocr and their small deps,
-# onnxruntime-gpu for OCR on the GPU) are installed from wheels in $WHEELS (default
-# benchmarks/wheels/, e.g. made here with
-#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#     -d benchmarks/wheels open_clip_torch rapidocr ...
-# ) into a temporary folder, never into the system Python.
+# network. Packages the machine lacks (open_clip_torch, rapidocr and their small deps)
+# are installed from wheels in $WHEELS (default benchmarks/wheels/, gitignored) into a
+# temporary folder, never into the system Python. Build that folder here, where pip can
+# download, with
+#   python3 benchmarks/gpu_payload.py      # cp312 manylinux wheels; fails if over budget
+# and carry it with the call: run(command="bash benchmarks/gpu_check.sh",
+# carry=["benchmarks/wheels"]); repository + wheels must stay under 64 MiB.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python="${PYTHON:-}"

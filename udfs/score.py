@@ -6,9 +6,10 @@ batches of `batch_size` images. A batch that fails is retried image by image, so
 image becomes one error row, never a failed task.
 
 On a GPU the data path is built to keep the device busy: the next batch is decoded by a
-thread pool while the current one runs on the GPU; every decoded image goes to the GPU
-once (pinned host memory, non-blocking copies) and that copy feeds the OCR detector's
-and both CLIP towers' preprocessing, which run on the GPU too.
+thread pool while the current one runs on the GPU (`decode_device: gpu`: its JPEGs by
+nvjpeg on the GPU, udfs/gpu_decode.py); every decoded image goes to the GPU once
+(pinned host memory, non-blocking copies, or decoded there) and that copy feeds the OCR
+detector's and both CLIP towers' preprocessing, which run on the GPU too.
 
 T-MARS: images with OCR boxes go through B/32 a second time with the boxes masked
 (udfs/masking.py, on the same decoded array), scored against the caption embedding the
@@ -35,6 +36,7 @@ import pandas as pd
 from udfs.bounds import at_least
 from udfs.decode import DEFAULT_MAX_PIXELS, decode_image
 from udfs.failures import describe, guard_batch, is_resource_error, note
+from udfs.gpu_decode import DECODE_DEVICES
 from udfs.masking import MASK_METHODS, mask_text
 from udfs.ocr import (
     DEFAULT_SPOTTER,
@@ -106,6 +108,12 @@ class ScoreSettings:
     # Threads that decode the next batch while the models run on the current one.
     # 0 = auto: 4 on a GPU, none on CPU (decoding inline; the cores are busy anyway).
     decode_threads: int = 0
+    # Where the stored JPEGs (and OCR views) are decoded: cpu (Pillow, in the decode
+    # threads) or gpu (nvjpeg, udfs/gpu_decode.py: a whole batch in one call on the
+    # task's GPU, its next batch's decode still overlapping the models). Other formats
+    # and what nvjpeg should not decode use Pillow. A worker without CUDA says so once
+    # and decodes on the CPU (the driver that validates this often has no GPU).
+    decode_device: str = "cpu"
     # Reuse LAION's `similarity` / `aesthetic` when present instead of recomputing.
     reuse_similarity: bool = False
     reuse_aesthetic: bool = False
@@ -128,6 +136,9 @@ class ScoreSettings:
                              f"got {self.text_mask!r}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
+        if self.decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device must be one of {', '.join(DECODE_DEVICES)}, "
+                             f"got {self.decode_device!r}")
         at_least(self, 1, "batch_size", "max_pixels")
         at_least(self, 0, "cpu_threads")
         check_spotter_path(self.spotter)
@@ -242,11 +253,13 @@ def spot_views(spotter, arrays: list[np.ndarray], views: list[np.ndarray | None]
 def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
                  given_sim: list[float | None], given_aes: list[float | None],
                  s: ScoreSettings, laps: dict[str, float] | None = None,
-                 views: list[np.ndarray | None] | None = None) -> list[dict]:
+                 views: list[np.ndarray | None] | None = None,
+                 device_images: list | None = None) -> list[dict]:
     """Score decoded RGB arrays; raises if any model fails (the caller isolates).
 
     `views`: each image's decoded OCR view, or None where it has none (the spotter
-    reads the image itself).
+    reads the image itself). `device_images`: per array, the same pixels already on
+    the GPU (decoded there, `decode_device: gpu`) or None (uploaded here).
 
     `laps`, when given, accumulates wall seconds per phase (upload, ocr, b32, masked, l14, rows).
     """
@@ -255,7 +268,7 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
     m = models_for(s)
     lap = Laps(laps)
     # Each image goes to the GPU once; OCR and both CLIP towers preprocess that copy.
-    dev_images = (clip_models.upload_images(arrays, m.device)
+    dev_images = (_on_device(arrays, device_images, m.device)
                   if m.device.type == "cuda" else None)
     lap("upload")
     ocr = spot_views(m.spotter, arrays, views, s, dev_images)
@@ -316,6 +329,25 @@ def score_images(ids: list[int], arrays: list[np.ndarray], texts: list[str | Non
     return rows
 
 
+def _on_device(arrays: list[np.ndarray], given: list | None, device) -> list:
+    """Each array on `device` once: the GPU-decoded copy where there is one (taken over
+    by this stream), the others uploaded together."""
+    if given is None or all(t is None for t in given):
+        from udfs import clip_models
+
+        return clip_models.upload_images(arrays, device)
+    from udfs import clip_models, gpu_decode
+
+    gpu_decode.adopt(given)
+    out = list(given)
+    missing = [i for i, t in enumerate(out) if t is None or t.device != device]
+    if missing:
+        for i, t in zip(missing, clip_models.upload_images([arrays[i] for i in missing],
+                                                           device), strict=True):
+            out[i] = t
+    return out
+
+
 def masked_scores(m: Models, arrays: list[np.ndarray], boxes: list, sims: list[float | None],
                   boxed: list[int], txt: np.ndarray | None, txt_row: dict[int, int],
                   s: ScoreSettings) -> list[float | None]:
@@ -347,38 +379,89 @@ class Decoded:
     arrays: list[np.ndarray]
     errors: list[dict]
     views: list[np.ndarray | None] = field(default_factory=list)  # per array: OCR view
+    # per array: its pixels on the GPU (decode_device: gpu), or None; empty when none is
+    device_images: list = field(default_factory=list)
 
 
 def decode_part(part: pd.DataFrame, s: ScoreSettings,
-                pool: ThreadPoolExecutor | None = None) -> Decoded:
-    """Decode a part's images (in `pool` when given: Pillow releases the GIL)."""
+                pool: ThreadPoolExecutor | None = None, device=None) -> Decoded:
+    """Decode a part's images (in `pool` when given: Pillow releases the GIL); with
+    `decode_device: gpu` on a CUDA `device` (default: the task's), JPEGs on the GPU."""
     ids = part["sample_id"].tolist()
-
-    def one(data):
-        return decode_image(data, max_pixels=s.max_pixels)
-
-    def view(data):  # a view that will not decode leaves OCR to the image itself
-        if data is None:
-            return None
-        d = decode_image(data, max_pixels=s.max_pixels)
-        return np.asarray(d.image) if d.ok else None
-
+    gpu = gpu_decode_device(s, device)
     data = part["image"].tolist()
     view_data = part["ocr_image"].tolist() if "ocr_image" in part else [None] * len(ids)
-    if pool is not None:
-        decoded, views = list(pool.map(one, data)), list(pool.map(view, view_data))
-    else:
-        decoded, views = [one(d) for d in data], [view(d) for d in view_data]
+    decoded = _decode_all(data, s, pool, gpu)
+    # A view that will not decode leaves OCR to the image itself.
+    views = [a for a, _, _ in _decode_all(view_data, s, pool, gpu, keep_device=False)]
     sizes = original_sizes(part) if s.remove_border else [None] * len(ids)
-    ok_idx, arrays, errors, kept_views = [], [], [], []
-    for k, d in enumerate(decoded):
-        if d.ok:
+    ok_idx, arrays, errors, kept_views, on_device = [], [], [], [], []
+    for k, (array, error, tensor) in enumerate(decoded):
+        if error is None:
             ok_idx.append(k)
-            arrays.append(remove_border(np.asarray(d.image), sizes[k]))
+            cropped = remove_border(array, sizes[k])
+            arrays.append(cropped)
             kept_views.append(views[k])
+            on_device.append(_crop_like(tensor, array.shape, cropped.shape))
         else:
-            errors.append(_error_row(ids[k], f"decode:{d.error}"))
-    return Decoded(part, ok_idx, arrays, errors, kept_views)
+            errors.append(_error_row(ids[k], f"decode:{error}"))
+    if all(t is None for t in on_device):
+        on_device = []
+    return Decoded(part, ok_idx, arrays, errors, kept_views, on_device)
+
+
+def gpu_decode_device(s: ScoreSettings, device=None):
+    """The CUDA device to decode JPEGs on, or None (decode_device cpu, or no CUDA: said
+    once per worker)."""
+    if s.decode_device != "gpu":
+        return None
+    if device is None:
+        from udfs.device import select_device
+
+        device = select_device(s.prefer_gpu)
+    if getattr(device, "type", str(device)) != "cuda":
+        from udfs.gpu_decode import warn_no_cuda
+
+        warn_no_cuda()
+        return None
+    return device
+
+
+def _decode_all(blobs: list, s: ScoreSettings, pool: ThreadPoolExecutor | None, gpu,
+                keep_device: bool = True) -> list[tuple[np.ndarray | None, str | None, Any]]:
+    """(RGB array, None, GPU tensor or None) or (None, decode error, None) per blob: on
+    the GPU what nvjpeg takes when `gpu` is a device, the rest with udfs.decode. A None
+    blob (no OCR view) is (None, "empty", None) without decoding."""
+    out: list[tuple[np.ndarray | None, str | None, Any] | None] = [None] * len(blobs)
+    if gpu is not None and any(b is not None for b in blobs):
+        from udfs import gpu_decode
+
+        tensors, arrays = gpu_decode.decode_jpegs(blobs, gpu, s.max_pixels)
+        for i, (t, a) in enumerate(zip(tensors, arrays, strict=True)):
+            if a is not None:
+                out[i] = (a, None, t if keep_device else None)
+    todo = [i for i, r in enumerate(out) if r is None and blobs[i] is not None]
+
+    def one(data) -> tuple[np.ndarray | None, str | None, Any]:
+        d = decode_image(data, max_pixels=s.max_pixels)
+        return (np.asarray(d.image), None, None) if d.ok else (None, d.error, None)
+
+    work = [blobs[i] for i in todo]
+    results = list(pool.map(one, work)) if pool is not None else [one(b) for b in work]
+    for i, r in zip(todo, results, strict=True):
+        out[i] = r
+    return [r if r is not None else (None, "empty", None) for r in out]
+
+
+def _crop_like(tensor, before: tuple[int, ...], after: tuple[int, ...]):
+    """`tensor` (HxWx3, the array before remove_border) cropped as remove_border cropped
+    the array: centred, (h - ch) // 2 and (w - cw) // 2 off the top and left."""
+    if tensor is None or tuple(before) == tuple(after):
+        return tensor
+    h, w = before[:2]
+    ch, cw = after[:2]
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return tensor[top:top + ch, left:left + cw]
 
 
 def original_sizes(part: pd.DataFrame) -> list[tuple[int, int] | None]:
@@ -426,7 +509,8 @@ def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings,
     """
     from udfs.device import select_device
 
-    threads = decode_threads(s, select_device(s.prefer_gpu).type)
+    device = select_device(s.prefer_gpu)
+    threads = decode_threads(s, device.type)
     columns = list(SCORE_FIELDS)
     last = last_task_attempt(task_attempts)
     if threads <= 0:
@@ -436,7 +520,7 @@ def score_batches(batches: Iterator[pd.DataFrame], s: ScoreSettings,
     with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
         pending = None
         for part in _parts(batches, s.batch_size):
-            upcoming = ahead.submit(decode_part, part, s, pool)
+            upcoming = ahead.submit(decode_part, part, s, pool, device)
             if pending is not None:
                 yield pd.DataFrame(score_decoded(pending.result(), s, last_attempt=last),
                                    columns=columns)
@@ -457,14 +541,17 @@ def _score_part(part: pd.DataFrame, s: ScoreSettings,
 def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str | None],
                        sims: list[float | None], aes: list[float | None], s: ScoreSettings,
                        laps: dict[str, float] | None = None, splits: int = 0,
-                       views: list[np.ndarray | None] | None = None) -> list[dict]:
+                       views: list[np.ndarray | None] | None = None,
+                       device_images: list | None = None) -> list[dict]:
     """score_images, isolating failures: a resource error halves the batch (at most
     MAX_BATCH_SPLITS times, then RetryableScoreError); any other error is looked for image
     by image, and the image that raises it gets a permanent error row (with the error's
     words; its traceback is logged once per kind)."""
     views = views if views is not None else [None] * len(ids)
+    on_device = device_images if device_images else [None] * len(ids)
     try:
-        return score_images(ids, arrays, texts, sims, aes, s, laps, views)
+        return score_images(ids, arrays, texts, sims, aes, s, laps, views,
+                            device_images or None)
     except Exception as exc:
         if is_resource_error(exc):
             _release_memory()
@@ -484,7 +571,7 @@ def score_with_retries(ids: list[int], arrays: list[np.ndarray], texts: list[str
         for h in halves:
             out.extend(score_with_retries(ids[h], arrays[h], texts[h], sims[h], aes[h], s,
                                           laps, splits + 1 if splits < MAX_BATCH_SPLITS
-                                          else splits, views[h]))
+                                          else splits, views[h], on_device[h]))
         return out
 
 
@@ -507,7 +594,8 @@ def score_decoded(d: Decoded, s: ScoreSettings, laps: dict[str, float] | None = 
     given = [sims[k] for k in ok_idx], [aes[k] for k in ok_idx]
     try:
         rows.extend(score_with_retries(pick[0], arrays, pick[1], given[0], given[1], s, laps,
-                                       views=d.views or None))
+                                       views=d.views or None,
+                                       device_images=d.device_images or None))
     except RetryableScoreError as exc:
         if not last_attempt:
             raise  # the task fails; Spark runs it again (maybe on another device)
