@@ -17,6 +17,8 @@ rejects refresh and the report.
 
 Printed, all from one run:
 
+- the OCR networks' cost in onnxruntime and in torch (`--runtimes N` real photographs,
+  `--runtimes-only`): what `score.spotter_options.runtime: auto` picks on CPU rests on it;
 - the text filter's cost per image on CPU, before and after the OCR view and the second
   look (`--text-filter N` real photographs from benchmarks/ocr_real; `--text-filter-only`
   prints just that), beside CLIP B/32's image tower on the same images;
@@ -265,6 +267,49 @@ def text_filter_cost(n: int, threads: int, b32: str) -> None:
     print(f"OCR after / before: {ocr_ratio:.2f}x; download after / before: {dl_ratio:.2f}x")
 
 
+def runtime_cost(n: int, threads: int) -> None:
+    """The OCR networks in onnxruntime against the same networks in torch
+    (udfs/ppocr_torch.py) on CPU: what `runtime: auto` picks on a CPU worker rests on
+    this. The default spotter on `n` real photographs at the OCR view's size."""
+    import torch
+    from PIL import Image
+
+    from udfs.batched_ocr import BatchedOcrSpotter
+    from udfs.ocr_view import OcrViewSettings
+
+    files = sorted((Path(__file__).resolve().parent / "ocr_real" / "images").glob("*.jpg"))
+    files = files[:: max(1, len(files) // n)][:n]
+    side = OcrViewSettings().side
+    views = []
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        img.thumbnail((side, side))
+        views.append(np.asarray(img))
+    torch.set_num_threads(threads)
+    seconds: dict[str, dict[str, float]] = {}
+    texts = {}
+    for runtime in ("onnxruntime", "torch"):
+        spotter = BatchedOcrSpotter(runtime=runtime, num_threads=threads)
+        spotter.spot(views[:1], recognize=True)  # load, first shapes
+        spotter.seconds.clear()
+        results = []
+        for k in range(0, len(views), 4):
+            results += spotter.spot(views[k:k + 4], recognize=True)
+        seconds[runtime] = dict(spotter.seconds)
+        texts[runtime] = [r.text for r in results]
+    print(f"\nOCR runtimes on CPU: {len(views)} real photographs (benchmarks/ocr_real, "
+          f"long side <= {side}), {threads} thread(s), ms per image")
+    print(f"{'':<14}{'det':>9}{'rec':>9}{'total':>9}{'x onnxruntime':>15}")
+    base = sum(seconds["onnxruntime"].values())
+    for runtime, sec in seconds.items():
+        total = sum(sec.values())
+        print(f"{runtime:<14}{1000 * sec.get('det', 0) / len(views):>9.0f}"
+              f"{1000 * sec.get('rec', 0) / len(views):>9.0f}"
+              f"{1000 * total / len(views):>9.0f}{total / base:>15.2f}")
+    same = sum(a == b for a, b in zip(texts["onnxruntime"], texts["torch"], strict=True))
+    print(f"same text on {same} of {len(views)} images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
@@ -279,7 +324,16 @@ def main() -> None:
                         help="real photographs for the text filter's cost (0: skip)")
     parser.add_argument("--text-filter-only", action="store_true",
                         help="only the text filter's cost (no Spark)")
+    parser.add_argument("--runtimes", type=int, default=8, metavar="N",
+                        help="real photographs for OCR in onnxruntime vs torch (0: skip)")
+    parser.add_argument("--runtimes-only", action="store_true",
+                        help="only the OCR runtimes' comparison (no Spark)")
     args = parser.parse_args()
+
+    if args.runtimes:
+        runtime_cost(args.runtimes, args.cores)
+    if args.runtimes_only:
+        return
 
     b32, l14 = MODELS[args.models]
     if args.text_filter:
