@@ -210,6 +210,12 @@ BEFORE_SPOTTER = dict(look_side=0, det_limit_side_len=512, box_thresh=0.6,
                       max_box_fraction=0.4, min_edge_density=0.03)
 
 
+def real_photos(n: int) -> list[Path]:
+    """`n` photographs spread over the real evaluation set (benchmarks/ocr_real)."""
+    files = sorted((Path(__file__).resolve().parent / "ocr_real" / "images").glob("*.jpg"))
+    return files[:: max(1, len(files) // n)][:n]
+
+
 def text_filter_cost(n: int, threads: int, b32: str) -> None:
     """What the text filter costs per image on CPU, before and after the OCR view and
     the second look, on the real evaluation set's photographs (their own sizes), with
@@ -221,8 +227,7 @@ def text_filter_cost(n: int, threads: int, b32: str) -> None:
     from udfs.ocr_view import OcrViewSettings
     from udfs.resize import ResizeSettings, remove_border
 
-    files = sorted((Path(__file__).resolve().parent / "ocr_real" / "images").glob("*.jpg"))
-    files = files[:: max(1, len(files) // n)][:n]
+    files = real_photos(n)
     blobs = [f.read_bytes() for f in files]
 
     def arrays(data, view):
@@ -277,8 +282,7 @@ def runtime_cost(n: int, threads: int) -> None:
     from udfs.batched_ocr import BatchedOcrSpotter
     from udfs.ocr_view import OcrViewSettings
 
-    files = sorted((Path(__file__).resolve().parent / "ocr_real" / "images").glob("*.jpg"))
-    files = files[:: max(1, len(files) // n)][:n]
+    files = real_photos(n)
     side = OcrViewSettings().side
     views = []
     for f in files:

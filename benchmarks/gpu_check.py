@@ -122,10 +122,10 @@ class Meter:
         self.device, self.seconds, self.peak = device, 0.0, None
 
     def __enter__(self) -> Meter:
+        sync(self.device)
         if is_cuda(self.device):
             import torch
 
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         self._t0 = time.perf_counter()
         return self

@@ -439,11 +439,7 @@ class BatchedOcrSpotter:
             x -= 1.0
             batch[k, :, :p.det_h, :p.det_w] = x[:, :, ::-1].transpose(2, 0, 1)  # BGR planes
         if self._det_net is not None:
-            import torch
-
-            with torch.inference_mode():
-                x = torch.from_numpy(batch).to(self._torch_device)
-                pred = self._det_net(x).float().cpu().numpy()
+            pred = _net_output(self._det_net, batch, self._torch_device).cpu().numpy()
         else:
             pred = self._det.run([self._det_out], {self._det_in: batch})[0]
         maps: list[np.ndarray | None] = []
@@ -649,11 +645,7 @@ class _TorchRecSession:
         self.net, self.device = net, device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
-            return self.net(x).float().cpu().numpy()
+        return _net_output(self.net, batch, self.device).cpu().numpy()
 
 
 def _torch_text_recognizer(cfg: Any, net: Any, device: Any):
@@ -682,12 +674,18 @@ def _torch_rec_argmax(net: Any, batch: np.ndarray, device: Any
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per step, the best class and its probability (what CTCLabelDecode takes from the
     (N, steps, classes) output), reduced where the network ran."""
+    # ties: the first index, as numpy's argmax
+    prob, idx = _net_output(net, batch, device).max(dim=2)
+    return idx.cpu().numpy(), prob.cpu().numpy()
+
+
+def _net_output(net: Any, batch: np.ndarray, device: Any):
+    """A udfs.ppocr_torch module's float32 output for a host batch, left on `device`."""
     import torch
 
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device)
-        prob, idx = net(x).float().max(dim=2)  # ties: the first index, as numpy's argmax
-        return idx.cpu().numpy(), prob.cpu().numpy()
+        return net(x).float()
 
 
 def _torch_cuda_available() -> bool:

@@ -25,7 +25,6 @@ converting them in memory redistributes nothing new.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -354,14 +353,19 @@ class _Node:
     attrs: dict[str, Any]
 
 
+def _resolve(alias: dict[str, str], name: str) -> str:
+    """The tensor an Identity chain stands for."""
+    while name in alias:
+        name = alias[name]
+    return name
+
+
 def _nodes(graph: Any) -> tuple[list[_Node], dict[str, str]]:
     """The graph's nodes without Identity (a pure alias), and the alias table."""
     alias: dict[str, str] = {}
 
     def resolve(name: str) -> str:
-        while name in alias:
-            name = alias[name]
-        return name
+        return _resolve(alias, name)
 
     out = []
     for node in graph.node:
@@ -420,11 +424,7 @@ class OnnxGraph(nn.Module):
         self.metadata: dict[str, str] = {p.key: p.value for p in model.metadata_props}
         inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         nodes, alias = _nodes(graph)
-        resolved = []
-        for name in (o.name for o in graph.output):
-            while name in alias:
-                name = alias[name]
-            resolved.append(name)
+        resolved = [_resolve(alias, o.name) for o in graph.output]
         nodes = _fold_conv_bias(nodes, inits, set(resolved))
         used = {i for n in nodes for i in n.input}
 
@@ -495,14 +495,6 @@ def convert_onnx(path: str | Path) -> OnnxGraph:
     import onnx
 
     return OnnxGraph(onnx.load(str(path))).eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_torch_ppocr(onnx_path: str | Path, device: Any = "cpu",
