@@ -79,8 +79,11 @@ def _extra_arguments(stage: Stage, args: argparse.Namespace | None) -> dict[str,
     names = getattr(stage.run, "cli_arguments", {})
     if args is None:
         return {}
-    return {n.lstrip("-").replace("-", "_"): getattr(args, n.lstrip("-").replace("-", "_"))
-            for n in names}
+    extra = {n.lstrip("-").replace("-", "_"): getattr(args, n.lstrip("-").replace("-", "_"))
+             for n in names}
+    if getattr(stage.run, "wants_config_path", False):
+        extra["config_path"] = args.config  # printed in commands the stage suggests
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:

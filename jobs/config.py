@@ -99,6 +99,8 @@ class TablesConfig:
     sync_word_scores: str = "sync_word_scores"
     # Written by `deparrot train`: one row per training invocation.
     training_runs: str = "training_runs"
+    # Written by `deparrot explore`: curators' reviews of single decisions (append-only).
+    reviews: str = "reviews"
 
 
 # ingest.input_format values (jobs/ingest.py, jobs/ingest_text.py).

@@ -32,6 +32,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "jobs.miniature",
     "jobs.pipeline",
     "jobs.demo",
+    "jobs.explore",
 )
 
 

@@ -1,0 +1,136 @@
+"""The workbench: decisions, evidence, search and reviews of one lake, behind one object.
+
+The web app (jobs/explore/app.py) and the Databricks notebooks (notebooks/explore.py)
+both build a `Workbench` and render its answers with jobs/explore/views.py, so a view
+exists once. Everything here reads; the one write is `review`, an append to the
+`reviews` table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from jobs.config import Config
+from jobs.explore import reviews as review_table
+from jobs.explore.decisions import Decisions, GalleryFilters, WhatIf
+from jobs.explore.search import EmbeddingIndex, Hit
+from jobs.explore.tables import DeltaSource, ExploreError, TableSource
+
+
+@dataclass
+class Detail:
+    row: dict
+    boxes: list[dict]
+    policies: list[dict]
+    duplicates: dict
+    reviews: list[dict]
+    recipe: dict
+
+
+class Workbench:
+    def __init__(self, source: TableSource, cfg: Config, reviews_path: str | None = None):
+        started = time.perf_counter()
+        self.cfg = cfg
+        self.source = source
+        self.decisions = Decisions(source, cfg)
+        self.index = EmbeddingIndex(source)
+        if reviews_path is None and isinstance(source, DeltaSource):
+            reviews_path = source.path("reviews")
+        self.reviews_path = reviews_path
+        self._lock = threading.Lock()
+        self._refresh_reviews()
+        self.start_seconds = time.perf_counter() - started
+
+    @classmethod
+    def open(cls, cfg: Config) -> Workbench:
+        return cls(DeltaSource(cfg), cfg)
+
+    # ------------------------------------------------------------------ reads
+    def funnel(self) -> dict:
+        return self.decisions.funnel()
+
+    def gallery(self, filters: GalleryFilters, page: int = 0, per_page: int = 48) -> dict:
+        filters.base = self.cfg.recipe
+        with self._lock:
+            return self.decisions.gallery(filters, page, per_page)
+
+    def whatif(self, w: WhatIf) -> dict:
+        try:
+            with self._lock:
+                return self.decisions.whatif(w)
+        except ValueError as exc:  # RecipeConfig's range checks
+            raise ExploreError(str(exc)) from None
+
+    def configured(self) -> WhatIf:
+        return WhatIf.of(self.cfg.recipe)
+
+    def detail(self, sample_id: int) -> Detail:
+        with self._lock:
+            row = self.decisions.row(sample_id)
+            if row is None:
+                raise ExploreError(f"no row with sample_id {sample_id}")
+            policies = self.decisions.reasons_under_policies(sample_id)
+            dups = self.decisions.duplicates(sample_id)
+            mine = self.decisions.con.execute(
+                "SELECT label, reviewer, reviewed_at FROM _reviews WHERE sample_id = $s "
+                "ORDER BY reviewed_at DESC", {"s": int(sample_id)}).fetchall()
+        boxes = self._boxes(sample_id)
+        r = self.cfg.recipe
+        recipe = {"min_clip_score": r.min_clip_score, "min_aesthetic": r.min_aesthetic,
+                  "min_masked_clip_score": r.min_masked_clip_score, "max_cotr": r.max_cotr,
+                  "max_text_boxes": r.max_text_boxes, "text_policy": r.text_policy,
+                  "dedup_threshold": r.dedup_threshold}
+        return Detail(row, boxes, policies, dups,
+                      [{"label": a, "reviewer": b, "reviewed_at": c} for a, b, c in mine],
+                      recipe)
+
+    def _boxes(self, sample_id: int) -> list[dict]:
+        lookup = getattr(self.source, "lookup", None)
+        if lookup is not None:
+            got = lookup("scores", sample_id, ("ocr_boxes",))
+        else:
+            table = self.source.read("scores", ("sample_id", "ocr_boxes"))
+            got = None
+            if table is not None:
+                import pyarrow.compute as pc
+
+                hit = table.filter(pc.equal(table["sample_id"], sample_id))
+                got = hit.to_pylist()[0] if hit.num_rows else None
+        return list((got or {}).get("ocr_boxes") or [])
+
+    def image(self, sample_id: int) -> bytes | None:
+        return self.source.image(int(sample_id))
+
+    def search_caption(self, text: str, page: int = 0) -> dict:
+        if not text.strip():
+            raise ExploreError("empty search text")
+        return self.gallery(GalleryFilters(caption=text), page)
+
+    def search_meaning(self, text: str, k: int = 24) -> list[Hit]:
+        return self.index.text(text, k)
+
+    def more_like(self, sample_id: int, k: int = 24) -> list[Hit]:
+        return self.index.like(sample_id, k)
+
+    def quality(self) -> dict:
+        with self._lock:
+            return review_table.quality(self.decisions.con)
+
+    # ------------------------------------------------------------------ the one write
+    def review(self, sample_id: int, label: str, reviewer: str, note: str = "") -> None:
+        if self.reviews_path is None:
+            raise ExploreError("this workbench has nowhere to store reviews")
+        with self._lock:
+            if self.decisions.row(sample_id) is None:
+                raise ExploreError(f"no row with sample_id {sample_id}")
+        review_table.append(self.reviews_path,
+                            [review_table.Review(int(sample_id), label, reviewer, note)])
+        self._refresh_reviews()
+
+    def _refresh_reviews(self) -> None:
+        table = (review_table.read(self.reviews_path) if self.reviews_path
+                 else review_table.SCHEMA.empty_table())
+        with self._lock:
+            review_table.latest(self.decisions.con, table)
