@@ -198,7 +198,7 @@ class Decisions:
             "SELECT count(*) FROM rejects WHERE stage = 'ingest'").fetchall()[0][0]
         stages = self.con.execute(f"""
             SELECT split_part(published, ':', 1) AS stage,
-                   split_part(published, ':', 2) AS reason, count(*) AS n
+                   substr(published, strpos(published, ':') + 1) AS reason, count(*) AS n
             FROM rows WHERE published NOT IN ('{KEPT}', '{PENDING}')
             GROUP BY ALL""").fetchall()
         ingest = self.con.execute(
