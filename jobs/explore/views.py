@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader
 
 from jobs.config import TEXT_POLICIES
-from jobs.explore.decisions import KEPT, PENDING
+from jobs.explore.decisions import KEPT, PENDING, WhatIf
 from udfs.parrot import words_normalised
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -184,13 +184,8 @@ def whatif_form(w: dict) -> str:
 def whatif_result(r: dict, links: Links, config_path: str = "conf/...") -> str:
     before = dict(r["before"])
     return _Markup(_render("whatif_result.html", r=r, before=before, links=links,
-                           config=config_path, yaml=_overlay(r["settings"], config_path)))
-
-
-def _overlay(settings: dict, extends: str) -> str:
-    lines = [f"extends: {extends}", "recipe:"]
-    lines += [f"  {k}: {v}" for k, v in settings.items()]
-    return "\n".join(lines)
+                           config=config_path,
+                           yaml=WhatIf(**r["settings"]).yaml_overlay(config_path)))
 
 
 def search_results(hits, links: Links, warning: str, title: str) -> str:
