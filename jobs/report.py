@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import Config
 from jobs.lake import Lake
-from jobs.recipe import TEXT_REASONS
+from jobs.recipe import TEXT_REASONS, text_found
 from jobs.stages import Stage
 from udfs.storage import is_remote, join
 
@@ -119,6 +119,34 @@ def funnel_sections(lake: Lake) -> dict[str, pd.DataFrame]:
     return {}
 
 
+def review_quality(lake: Lake, cfg: Config) -> dict | None:
+    """The text filter's precision and recall (and dedup's precision) on the curators'
+    reviews (`deparrot explore`), counted by the workbench's own function."""
+    from jobs.explore.reviews import DUP_LABELS, TEXT_LABELS, quality_of
+
+    if not (lake.exists("reviews") and lake.exists("scores")):
+        return None
+    reviews = lake.read("reviews")
+    latest = reviews.groupBy("sample_id").agg(
+        F.max_by(F.when(F.col("label").isin(*TEXT_LABELS), F.col("label")),
+                 F.when(F.col("label").isin(*TEXT_LABELS), F.col("reviewed_at")))
+        .alias("text_label"),
+        F.max_by(F.when(F.col("label").isin(*DUP_LABELS), F.col("label")),
+                 F.when(F.col("label").isin(*DUP_LABELS), F.col("reviewed_at")))
+        .alias("dup_label"))
+    scores = lake.read("scores").select(
+        "sample_id", F.coalesce(text_found(cfg.recipe), F.lit(False)).alias("found"),
+        (F.col("status") == "ok").alias("scored"))
+    rows = latest.join(scores, "sample_id", "left")
+    if lake.exists("dedup"):
+        dedup = lake.read("dedup").select("sample_id", (~F.col("kept")).alias("removed"))
+        rows = rows.join(dedup, "sample_id", "left")
+    else:
+        rows = rows.withColumn("removed", F.lit(False))
+    return quality_of(rows.select("found", "scored", "removed", "text_label",
+                                  "dup_label").toPandas())
+
+
 def inputs(lake: Lake, cfg: Config) -> tuple[dict[str, str], list[str]]:
     """What the report is a function of: table versions and the recipe; warnings."""
     shown = {}
@@ -149,6 +177,7 @@ def run(spark: SparkSession, cfg: Config) -> ReportReport:
         contact_sheet=contact_sheet(lake, cfg.report.contact_sheet),
         top_clusters=cfg.report.top_clusters,
         training_runs=training_runs(lake),
+        review_quality=review_quality(lake, cfg),
         **funnel_sections(lake), **parrot_sections(lake, cfg), **sync_sections(lake))
     if lake.exists("clusters"):
         data.cluster_sizes = lake.read("clusters").groupBy("kmeans").agg(
@@ -190,4 +219,4 @@ STAGES = (Stage("report", "a static HTML report with plots (funnel, scores, clus
                           "statistics, n-grams, thumbnails)", run, flags={"--out": "report.out"},
                 reads=("metadata", "images", "scores", "clusters", "subset", "rejects", "funnel",
                        "ngrams", "parrot", "policy_counts", "sync_scores", "sync_word_scores",
-                       "training_runs")),)
+                       "training_runs", "reviews")),)

@@ -75,6 +75,8 @@ class ReportData:
     policy_counts: policy, kept, rejected, ... (rows each recipe.text_policy keeps) or None.
     training_runs: run_name, dataset, pairs, train_num_samples, loss_end and the evaluated
         metrics (sync_score, sync_gap, read_top1, visual_top1), one row per run, or None.
+    review_quality: {"text": {tp, fp, fn, tn, reviewed, precision, recall}, "dedup":
+        {confirmed, wrong, precision}} from `deparrot explore` reviews, or None.
     """
 
     title: str = "deparrot report"
@@ -99,6 +101,8 @@ class ReportData:
     sync_summary: pd.DataFrame | None = None
     policy_counts: pd.DataFrame | None = None
     training_runs: pd.DataFrame | None = None
+    # jobs.explore.reviews.quality_of on the curators' reviews, or None (no reviews table).
+    review_quality: dict | None = None
     top_clusters: int = TOP_CLUSTERS
 
 
@@ -428,6 +432,25 @@ def _sec_training(data: ReportData, out: Path) -> str:
     return _section("training", "Training runs", "\n".join(parts))
 
 
+def _sec_reviews(data: ReportData) -> str:
+    """The filters measured on curators' reviews: real images, judged by people."""
+    q = data.review_quality
+    if not q or not (q["text"]["reviewed"] or q["dedup"]["confirmed"] + q["dedup"]["wrong"]):
+        return _section("reviews", "Reviews", _no_data(
+            "reviews (mark decisions in `deparrot explore`: each review grows the evaluation "
+            "set)"))
+    t, d = q["text"], q["dedup"]
+    table = pd.DataFrame([
+        {"filter": "text (has_text)", "reviewed": t["reviewed"], "precision": t["precision"],
+         "recall": t["recall"], "true positives": t["tp"], "false positives": t["fp"],
+         "missed": t["fn"], "true negatives": t["tn"]},
+        {"filter": "dedup (removed rows)", "reviewed": d["confirmed"] + d["wrong"],
+         "precision": d["precision"], "recall": None, "true positives": d["confirmed"],
+         "false positives": d["wrong"], "missed": None, "true negatives": None},
+    ])
+    return _section("reviews", "Reviews", _table(table))
+
+
 def _thumbnail(image: Any) -> bytes | None:
     """A small JPEG of untrusted image bytes, or None when they do not decode safely."""
     from PIL import Image
@@ -506,6 +529,7 @@ _NAV = [
     ("contact", "Contact sheet"),
     ("sync", "Sync. Score"),
     ("training", "Training runs"),
+    ("reviews", "Reviews"),
 ]
 
 
@@ -524,6 +548,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         _sec_contact(data, out_dir),
         _sec_sync(data, out_dir),
         _sec_training(data, out_dir),
+        _sec_reviews(data),
     ]
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

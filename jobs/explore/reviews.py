@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pandas as pd
 import pyarrow as pa
 
 from jobs.explore.tables import ExploreError, storage_options
@@ -94,21 +95,31 @@ def latest(con, reviews: pa.Table) -> None:
         FROM _reviews GROUP BY sample_id""").fetchall()
 
 
+REVIEWED_SQL = """
+    SELECT coalesce(found, FALSE) AS found, score_status = 'ok' AS scored,
+           coalesce(dedup_kept = FALSE, FALSE) AS removed, text_label, dup_label
+    FROM rows JOIN reviews_latest USING (sample_id)"""
+
+
 def quality(con) -> dict:
-    """The text filter's precision and recall, and dedup's precision, on the reviewed rows
-    of `rows` (jobs/explore/decisions.py) joined with `reviews_latest`."""
-    tp, fp, fn, tn = con.execute("""
-        SELECT count(*) FILTER (found AND text_label = 'has_text'),
-               count(*) FILTER (found AND text_label = 'no_text'),
-               count(*) FILTER (NOT coalesce(found, FALSE) AND text_label = 'has_text'),
-               count(*) FILTER (NOT coalesce(found, FALSE) AND text_label = 'no_text')
-        FROM rows JOIN reviews_latest USING (sample_id)
-        WHERE score_status = 'ok'""").fetchall()[0]
-    dup_ok, dup_wrong = con.execute("""
-        SELECT count(*) FILTER (dup_label = 'duplicate'),
-               count(*) FILTER (dup_label = 'not_duplicate')
-        FROM rows JOIN reviews_latest USING (sample_id)
-        WHERE dedup_kept = FALSE""").fetchall()[0]
+    """`quality_of` the reviewed rows of the workbench's `rows` table (duckdb `con`)."""
+    return quality_of(con.execute(REVIEWED_SQL).df())
+
+
+def quality_of(reviewed: pd.DataFrame) -> dict:
+    """The text filter's precision and recall, and dedup's precision, from reviewed rows:
+    columns found (the filter saw text), scored, removed (dedup dropped it), text_label
+    and dup_label (the latest review of each kind, or null). The report computes the
+    same frame in Spark and calls this too, so the two never count differently."""
+    text = reviewed[reviewed["scored"].eq(True)]
+    found = text["found"].eq(True)
+    tp = int((found & (text["text_label"] == "has_text")).sum())
+    fp = int((found & (text["text_label"] == "no_text")).sum())
+    fn = int((~found & (text["text_label"] == "has_text")).sum())
+    tn = int((~found & (text["text_label"] == "no_text")).sum())
+    removed = reviewed[reviewed["removed"].eq(True)]
+    dup_ok = int((removed["dup_label"] == "duplicate").sum())
+    dup_wrong = int((removed["dup_label"] == "not_duplicate").sum())
     return {
         "text": {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "reviewed": tp + fp + fn + tn,
                  "precision": tp / (tp + fp) if tp + fp else None,

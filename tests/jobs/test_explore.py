@@ -312,3 +312,30 @@ def test_whatif_settings_round_trip_through_yaml(wb, tmp_path):
         __import__("pathlib").Path("conf/local.yaml").resolve()) + "\n")
     cfg = load_config(overlay)
     assert WhatIf.of(cfg.recipe) == w
+
+
+def test_the_report_counts_reviews_as_the_workbench_does(spark, lake, tmp_path):
+    from jobs.lake import Lake
+    from jobs.report import review_quality
+    from jobs.report_html import ReportData, render_html
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake[0], root)
+    cfg = load_config("conf/local.yaml", [f"storage.root={root}",
+                                          f"storage.schema=t_{tmp_path.name[-30:]}"])
+    lake_ = Lake(spark, cfg)
+    assert review_quality(lake_, cfg) is None  # no reviews yet: the section says so
+    wb = Workbench.open(cfg)
+    found = wb.gallery(GalleryFilters(has_text=True, published="publish:text_found"))["rows"]
+    clean = wb.gallery(GalleryFilters(has_text=False, published="kept"))["rows"]
+    dup = wb.gallery(GalleryFilters(published="publish:near_duplicate"))["rows"][0]
+    wb.review(found[0]["sample_id"], "no_text", "ann")
+    wb.review(found[0]["sample_id"], "has_text", "bob")  # the later one counts
+    wb.review(found[1]["sample_id"], "no_text", "ann")
+    wb.review(clean[0]["sample_id"], "has_text", "ann")
+    wb.review(dup["sample_id"], "duplicate", "ann")
+    from_spark = review_quality(lake_, cfg)
+    assert from_spark == wb.quality()
+    assert from_spark["text"]["precision"] == 0.5 and from_spark["dedup"]["precision"] == 1.0
+    page = render_html(ReportData(review_quality=from_spark), tmp_path / "report")
+    assert 'id="reviews"' in page and "0.5" in page
