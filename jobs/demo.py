@@ -91,6 +91,8 @@ def _analysis(spark, cfg: Config) -> None:
           f"(tables {', '.join(stats.tables.values())})")
     page = report.run(spark, cfg)
     print(f"open the report in a browser: file://{page.path}")
+    print("check every decision, with its evidence, in the workbench: "
+          "deparrot explore --config conf/demo.yaml")
 
 
 STAGES = (Stage("demo", "generate the sample and run the whole pipeline on it locally",
