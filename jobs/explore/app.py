@@ -214,12 +214,15 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def favicon(request: Request) -> Response:  # browsers ask; a 404 is a console error
+        return Response(status_code=204)
+
     routes = [
         Route("/", home), Route("/gallery", gallery), Route("/row/{sid}", row),
         Route("/image/{sid}", image), Route("/search", search), Route("/whatif", whatif),
         Route("/whatif/result", whatif_result), Route("/review", review, methods=["POST"]),
         Route("/reviews", reviews_page), Route("/static/app.js", app_js),
-        Route("/health", health),
+        Route("/health", health), Route("/favicon.ico", favicon),
     ]
     middleware = [Middleware(_Guard, token=token)]
     return Starlette(routes=routes, middleware=middleware)
