@@ -7,8 +7,9 @@ vectors and all, straight into Arrow; duckdb then queries those Arrow tables in-
 
 Two sources share one interface, so the web app and the notebooks run the same code:
 - `DeltaSource`: path tables under `storage.root` (local folder, s3://, abfss://, gs://);
-- `ArrowSource`: tables handed over in memory (a notebook's `spark.table(...).toArrow()`,
-  which is how managed Unity Catalog tables reach the workbench; see ARCHITECTURE.md).
+- `ArrowSource`: tables handed over in memory.
+A third, `spark_source.SparkSource`, reads through Spark: how a Databricks notebook hands
+managed Unity Catalog tables to the same workbench (see ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -145,10 +146,34 @@ class DeltaSource:
         if table is None:
             return None
         have = set(table.schema().to_arrow().names)
-        hits = self._dataset(key).to_table(
-            columns=[c for c in columns if c in have],
-            filter=pc.field("sample_id") == pa.scalar(int(sample_id), pa.int64()))
+        wanted = [c for c in columns if c in have]
+        query = self._query(key)
+        if query is None:
+            hits = self._dataset(key).to_table(
+                columns=wanted,
+                filter=pc.field("sample_id") == pa.scalar(int(sample_id), pa.int64()))
+        else:
+            # DataFusion also skips the pages whose statistics cannot hold the id; the
+            # pyarrow dataset decodes the whole row group's column (every image of it:
+            # 0.1-1 s a thumbnail at 10^5 rows, benchmarks/bench_explore.py).
+            names = ", ".join('"' + c.replace('"', '""') + '"' for c in wanted or ["sample_id"])
+            got = query.execute(f"SELECT {names} FROM t WHERE sample_id = {int(sample_id)}")
+            hits = pa.table(got.read_all())
         return _select(hits, columns).to_pylist()[0] if hits.num_rows else None
+
+    def _query(self, key: str):
+        """A deltalake QueryBuilder (DataFusion) over `key`'s snapshot, as table `t`; None
+        before deltalake 1.0 (whose QueryBuilder, where there is one, predates the
+        RecordBatchReader used here): the pyarrow dataset serves instead."""
+        if ("query", key) not in self._open:
+            import deltalake
+
+            if int(deltalake.__version__.split(".")[0]) < 1:
+                self._open[("query", key)] = None
+            else:
+                self._open[("query", key)] = deltalake.QueryBuilder().register(
+                    "t", self.delta(key))
+        return self._open[("query", key)]
 
     def _dataset(self, key: str):
         if ("dataset", key) not in self._open:
