@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -79,8 +80,8 @@ def _choice(params, name: str, choices: tuple[str, ...], default: str | None = N
 
 
 def gallery_filters(params, wb: Workbench) -> tuple[GalleryFilters, dict]:
-    reasons = wb.decisions.reasons()
-    stages = sorted({r.split(":", 1)[0] for r in reasons} | set(wb.decisions.reject_stages()))
+    reasons = wb.reasons()
+    stages = sorted({r.split(":", 1)[0] for r in reasons} | set(wb.reject_stages()))
     published = params.get("published") or None
     if published is not None and published not in reasons and published not in stages:
         raise BadRequest(f"published must be one of {', '.join(reasons + stages)}")
@@ -117,15 +118,15 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
     def html(title: str, body: str) -> HTMLResponse:
         return HTMLResponse(views.page(title, body))
 
-    async def home(request: Request) -> Response:
+    def home(request: Request) -> Response:
         return html("Funnel", views.warning(wb.index.warning) + views.funnel(wb.funnel(), links))
 
-    async def gallery(request: Request) -> Response:
+    def gallery(request: Request) -> Response:
         q = request.query_params
         filters, kept = gallery_filters(q, wb)
         page = _int(q, "page", 0, 0, 10**7)
         result = wb.gallery(filters, page)
-        body = views.gallery_form(kept, wb.decisions.reasons(), wb.decisions.clusters())
+        body = views.gallery_form(kept, wb.reasons(), wb.clusters())
         body += views.gallery(result, links)
         body += views.pager(result, kept, links)
         if filters.published and filters.published.startswith("ingest"):
@@ -134,14 +135,14 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
 
     def _ingest(published: str) -> str:
         reason = published.split(":", 1)[1] if ":" in published else None
-        rows = wb.decisions.ingest_rejects(reason)
+        rows = wb.ingest_rejects(reason)
         return views._Markup(views._render("ingest_rejects.html", rows=rows))
 
-    async def row(request: Request) -> Response:
+    def row(request: Request) -> Response:
         sid = _path_id(request)
         return html(f"Row {sid}", views.detail(wb.detail(sid), links, wb.index.warning))
 
-    async def image(request: Request) -> Response:
+    def image(request: Request) -> Response:
         sid = _path_id(request)
         data = wb.image(sid)
         if not data:
@@ -153,7 +154,7 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
         return Response(data, media_type=kind,
                         headers={"Cache-Control": "private, max-age=3600"})
 
-    async def search(request: Request) -> Response:
+    def search(request: Request) -> Response:
         q = request.query_params
         text = (q.get("q") or "").strip()
         mode = _choice(q, "mode", ("caption", "meaning"), "caption")
@@ -171,14 +172,14 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
                                          "Closest images by meaning")
         return html("Search", body)
 
-    async def whatif(request: Request) -> Response:
+    def whatif(request: Request) -> Response:
         w = whatif_settings(request.query_params, wb)
         result = wb.whatif(w)
         body = views.whatif_form(result["settings"])
         body += views.whatif_result(result, links, config_path)
         return html("What-if", body)
 
-    async def whatif_result(request: Request) -> Response:
+    def whatif_result(request: Request) -> Response:
         result = wb.whatif(whatif_settings(request.query_params, wb))
         return HTMLResponse(views.whatif_result(result, links, config_path))
 
@@ -197,24 +198,21 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
             raise BadRequest("sample_id is required")
         label = form.get("label") or ""
         reviewer = (form.get("reviewer") or "").strip()
-        wb.review(sid, str(label), str(reviewer))
+        await run_in_threadpool(wb.review, sid, str(label), str(reviewer))
         return RedirectResponse(f"/row/{sid}", status_code=303)
 
-    async def reviews_page(request: Request) -> Response:
-        with wb._lock:
-            rows = wb.decisions.con.execute(
-                "SELECT sample_id, label, reviewer, reviewed_at FROM _reviews "
-                "ORDER BY reviewed_at DESC LIMIT 200").fetchall()
+    def reviews_page(request: Request) -> Response:
+        rows = wb.recent_reviews()
         listing = views._render("reviews_list.html", rows=rows)
         return html("Reviews", views.quality(wb.quality()) + views._Markup(listing))
 
-    async def app_js(request: Request) -> Response:
+    def app_js(request: Request) -> Response:
         return Response(APP_JS, media_type="text/javascript")
 
-    async def health(request: Request) -> Response:
+    def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    async def favicon(request: Request) -> Response:  # browsers ask; a 404 is a console error
+    def favicon(request: Request) -> Response:  # browsers ask; a 404 is a console error
         return Response(status_code=204)
 
     routes = [

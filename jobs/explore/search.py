@@ -102,12 +102,28 @@ class EmbeddingIndex:
         from udfs.clip_models import encode_texts, load_clip
 
         name, pretrained = self.model_spec.split(":", 1)
-        bundle = load_clip(name, None if pretrained == "random" else pretrained,
-                           device="cpu", precision="fp32",
-                           random_init_ok=pretrained == "random")
-        emb = encode_texts(bundle, [query])[0]
+        with self._lock:  # one model load, one forward pass at a time
+            bundle = load_clip(name, None if pretrained == "random" else pretrained,
+                               device="cpu", precision="fp32",
+                               random_init_ok=pretrained == "random")
+            emb = _one_thread(encode_texts, bundle, [query])[0]
         if emb.shape[0] != self._matrix.shape[1]:
             raise ExploreError(
                 f"the text tower of {self.model_spec} gives {emb.shape[0]}-d embeddings, the "
                 f"table holds {self._matrix.shape[1]}-d ones")
         return emb
+
+
+def _one_thread(call, *args):
+    """`call` with torch on one thread. One query is 77 tokens: split over threads, each
+    small matmul waits for the slowest core, 0.4-2.4 s a query instead of 0.1-0.17 s on 2
+    busy cores (benchmarks/bench_explore.py); the embedding differs by float rounding
+    (1e-7) at most."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return call(*args)
+    finally:
+        torch.set_num_threads(threads)

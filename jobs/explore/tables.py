@@ -15,6 +15,7 @@ managed Unity Catalog tables to the same workbench (see ARCHITECTURE.md).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -110,6 +111,9 @@ class DeltaSource:
         self.cfg = cfg
         self._open: dict[object, object] = {}
         self._cache: dict[tuple[str, tuple[str, ...] | None], pa.Table | None] = {}
+        # The web app serves requests from a thread pool; delta-rs handles and the query
+        # builder are opened once and used one call at a time.
+        self._lock = threading.RLock()
 
     def path(self, key: str) -> str:
         return f"{self.root}/{getattr(self.cfg.tables, key)}"
@@ -127,6 +131,10 @@ class DeltaSource:
         return self._open[key]
 
     def read(self, key: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+        with self._lock:
+            return self._read(key, columns)
+
+    def _read(self, key: str, columns: Sequence[str] | None) -> pa.Table | None:
         cache_key = (key, None if columns is None else tuple(columns))
         if cache_key not in self._cache:
             table = self.delta(key)
@@ -142,6 +150,10 @@ class DeltaSource:
     def lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
         """One row's `columns` by sample id, read from the files whose statistics can
         hold it (the big columns, image bytes and OCR boxes, are never read in bulk)."""
+        with self._lock:
+            return self._lookup(key, sample_id, columns)
+
+    def _lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
         table = self.delta(key)
         if table is None:
             return None
@@ -184,9 +196,11 @@ class DeltaSource:
         return (self.lookup("images", sample_id, (column,)) or {}).get(column)
 
     def properties(self, key: str) -> dict[str, str]:
-        table = self.delta(key)
-        return {} if table is None else dict(table.metadata().configuration)
+        with self._lock:
+            table = self.delta(key)
+            return {} if table is None else dict(table.metadata().configuration)
 
     def version(self, key: str) -> int:
-        table = self.delta(key)
-        return -1 if table is None else table.version()
+        with self._lock:
+            table = self.delta(key)
+            return -1 if table is None else table.version()

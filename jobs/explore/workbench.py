@@ -39,7 +39,8 @@ class Workbench:
         if reviews_path is None and isinstance(source, DeltaSource):
             reviews_path = source.path("reviews")
         self.reviews_path = reviews_path
-        self._lock = threading.Lock()
+        # One duckdb connection, used from the server's thread pool: one query at a time.
+        self._lock = threading.RLock()
         self._refresh_reviews()
         self.start_seconds = time.perf_counter() - started
 
@@ -49,7 +50,30 @@ class Workbench:
 
     # ------------------------------------------------------------------ reads
     def funnel(self) -> dict:
-        return self.decisions.funnel()
+        with self._lock:
+            return self.decisions.funnel()
+
+    def reasons(self) -> list[str]:
+        with self._lock:
+            return self.decisions.reasons()
+
+    def reject_stages(self) -> list[str]:
+        with self._lock:
+            return self.decisions.reject_stages()
+
+    def clusters(self) -> list[int]:
+        with self._lock:
+            return self.decisions.clusters()
+
+    def ingest_rejects(self, reason: str | None) -> list[dict]:
+        with self._lock:
+            return self.decisions.ingest_rejects(reason)
+
+    def recent_reviews(self, limit: int = 200) -> list[tuple]:
+        with self._lock:
+            return self.decisions.con.execute(
+                "SELECT sample_id, label, reviewer, reviewed_at FROM _reviews "
+                f"ORDER BY reviewed_at DESC LIMIT {int(limit)}").fetchall()
 
     def gallery(self, filters: GalleryFilters, page: int = 0, per_page: int = 48) -> dict:
         filters.base = self.cfg.recipe
