@@ -46,6 +46,10 @@ class LakeShape:
     seed: int = 0
     hostile: bool = False
     distinct_images: int = 24
+    # False: the images table's `image` column is null (every other value, and so every
+    # decision, is as with images): a what-if never reads image bytes, and a 10^6-row
+    # lake then neither holds nor writes them.
+    images: bool = True
 
 
 def _arrow(schema) -> pa.Schema:
@@ -64,6 +68,26 @@ def _jpeg(rng: np.random.Generator, text: str | None, size=(160, 120)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
+
+
+def _embeddings(rng: np.random.Generator, n: int, dim: int, scored: np.ndarray,
+                image_ok: np.ndarray) -> pa.Array:
+    """The scores table's `image_embedding` (rows `image_ok`; null where not `scored`):
+    unit rows of rng.normal(size=(n, dim)), the same numbers as one float64 draw cast to
+    float32, drawn a block at a time (a Generator fills in order) and kept only where
+    scored, so 10^6 x 512 holds one float32 copy and no 10^6 Python objects."""
+    values = np.empty((int(scored.sum()), dim), dtype=np.float32)
+    block, at = max(1, 2**22 // max(1, dim)), 0
+    for start in range(0, n, block):
+        chunk = rng.normal(size=(min(block, n - start), dim)).astype(np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        chunk = chunk[scored[start:start + block]]
+        values[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    valid = scored[image_ok]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.where(valid, dim, 0))]),
+                       pa.int32())  # checked: past 2^31 values this raises
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), mask=pa.array(~valid))
 
 
 def write_lake(root: str, shape: LakeShape = LakeShape()) -> dict[str, int]:
@@ -119,7 +143,7 @@ def write_lake(root: str, shape: LakeShape = LakeShape()) -> dict[str, int]:
     image_ok = rng.random(n) >= 0.03
     errors = rng.choice(["truncated", "http_404", "empty"], n)
     images = [(pool_text if has_text[i] else pool_plain)[i % shape.distinct_images]
-              if image_ok[i] else None for i in range(n)]
+              if image_ok[i] and shape.images else None for i in range(n)]
     sha = [hashlib.sha256(f"{i}".encode()).hexdigest() for i in ids]
     write["images"] = pa.table({
         "sample_id": ids, "url": urls, "image": images,
@@ -140,8 +164,7 @@ def write_lake(root: str, shape: LakeShape = LakeShape()) -> dict[str, int]:
     clip = np.round(rng.normal(0.31, 0.025, n), 5)
     masked = np.where(has_text, np.round(clip - rng.uniform(0.0, 0.08, n), 5), clip)
     aes = np.round(rng.normal(5.0, 0.5, n), 4)
-    emb = rng.normal(size=(n, shape.embed_dim)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = _embeddings(rng, n, shape.embed_dim, scored, image_ok)
     boxes = []
     for i in range(n):
         if not (scored[i] and has_text[i]):
@@ -164,7 +187,7 @@ def write_lake(root: str, shape: LakeShape = LakeShape()) -> dict[str, int]:
         "masked_clip_score": np.where(s, masked, None)[image_ok],
         "aesthetic_score": np.where(s, aes, None)[image_ok],
         "aesthetic_source": np.where(s, "computed", None)[image_ok],
-        "image_embedding": [emb[i] if s[i] else None for i in np.flatnonzero(image_ok)],
+        "image_embedding": emb,
         "retryable": np.where(s, None, False)[image_ok],
         "error_detail": [None] * int(image_ok.sum()),
         "scored_at": [now] * int(image_ok.sum()),
