@@ -143,9 +143,19 @@ class DeltaSource:
             else:
                 have = set(table.schema().to_arrow().names)
                 wanted = None if columns is None else [c for c in columns if c in have]
-                data = self._dataset(key).to_table(columns=wanted)
-                self._cache[cache_key] = _select(data, columns)
+                self._cache[cache_key] = _select(self._scan(key, wanted), columns)
         return self._cache[cache_key]
+
+    def _scan(self, key: str, columns: list[str] | None, where: str = "") -> pa.Table:
+        """`columns` (None: all) of `key`'s rows, through DataFusion, which applies
+        deletion vectors (Databricks turns them on for new tables; delta-rs' pyarrow
+        dataset refuses such tables) and skips files and pages by their statistics."""
+        query = self._query(key)
+        if query is None:  # deltalake < 1.0
+            return self._dataset(key).to_table(columns=columns)
+        names = "*" if columns is None else ", ".join(
+            '"' + c.replace('"', '""') + '"' for c in columns or ["sample_id"])
+        return pa.table(query.execute(f"SELECT {names} FROM t {where}").read_all())
 
     def lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
         """One row's `columns` by sample id, read from the files whose statistics can
@@ -159,18 +169,15 @@ class DeltaSource:
             return None
         have = set(table.schema().to_arrow().names)
         wanted = [c for c in columns if c in have]
-        query = self._query(key)
-        if query is None:
+        if self._query(key) is None:  # deltalake < 1.0
             hits = self._dataset(key).to_table(
                 columns=wanted,
                 filter=pc.field("sample_id") == pa.scalar(int(sample_id), pa.int64()))
         else:
-            # DataFusion also skips the pages whose statistics cannot hold the id; the
+            # DataFusion reads only the pages whose statistics can hold the id; the
             # pyarrow dataset decodes the whole row group's column (every image of it:
             # 0.1-1 s a thumbnail at 10^5 rows, benchmarks/bench_explore.py).
-            names = ", ".join('"' + c.replace('"', '""') + '"' for c in wanted or ["sample_id"])
-            got = query.execute(f"SELECT {names} FROM t WHERE sample_id = {int(sample_id)}")
-            hits = pa.table(got.read_all())
+            hits = self._scan(key, wanted, f"WHERE sample_id = {int(sample_id)}")
         return _select(hits, columns).to_pylist()[0] if hits.num_rows else None
 
     def _query(self, key: str):

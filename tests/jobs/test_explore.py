@@ -339,3 +339,23 @@ def test_the_report_counts_reviews_as_the_workbench_does(spark, lake, tmp_path):
     assert from_spark["text"]["precision"] == 0.5 and from_spark["dedup"]["precision"] == 1.0
     page = render_html(ReportData(review_quality=from_spark), tmp_path / "report")
     assert 'id="reviews"' in page and "0.5" in page
+
+
+def test_tables_with_deletion_vectors_are_read_without_the_deleted_rows(spark, lake, tmp_path):
+    """Databricks enables deletion vectors on new tables: a DELETE then only marks rows.
+    The workbench must read such a table (delta-rs' pyarrow dataset refuses it) and must
+    not show the deleted rows."""
+    from delta.tables import DeltaTable as SparkDeltaTable
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake[0], root)
+    meta = str(root / "metadata")
+    spark.sql(f"ALTER TABLE delta.`{meta}` SET TBLPROPERTIES "
+              "('delta.enableDeletionVectors' = 'true')")
+    first = spark.read.format("delta").load(meta).agg({"sample_id": "min"}).first()[0]
+    SparkDeltaTable.forPath(spark, meta).delete(f"sample_id = {first}")
+    cfg = load_config("conf/local.yaml", [f"storage.root={root}"])
+    wb = Workbench.open(cfg)
+    assert wb.decisions.n_rows == 239
+    assert wb.decisions.row(first) is None
+    assert wb.source.lookup("metadata", first, ("text",)) is None
