@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 import pyarrow as pa
 
 from jobs.config import Config
-from jobs.explore.tables import _select
+from jobs.explore.tables import select_columns
 
 # Image bytes kept on the driver (a gallery page or two); the oldest go first.
 IMAGE_CACHE_ROWS = 512
@@ -76,7 +76,7 @@ class SparkSource:
             elif columns is None:
                 self._cache[cache_key] = df.toArrow()
             else:
-                self._cache[cache_key] = _select(_arrow(df, columns), columns)
+                self._cache[cache_key] = select_columns(_arrow(df, columns), columns)
         return self._cache[cache_key]
 
     def lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
@@ -87,7 +87,7 @@ class SparkSource:
         if df is None:
             return None
         hits = _arrow(df.where(F.col("sample_id") == F.lit(int(sample_id))).limit(1), columns)
-        return _select(hits, columns).to_pylist()[0] if hits.num_rows else None
+        return select_columns(hits, columns).to_pylist()[0] if hits.num_rows else None
 
     def images(self, sample_ids: Iterable[int], column: str = "image") -> dict[int, bytes | None]:
         """The stored bytes of several images in one Spark query (a gallery page), kept
@@ -102,7 +102,7 @@ class SparkSource:
             out[s] = None
         if df is not None:
             cols = ("sample_id", column)
-            got = _select(_arrow(df.where(F.col("sample_id").isin(missing)), cols), cols)
+            got = select_columns(_arrow(df.where(F.col("sample_id").isin(missing)), cols), cols)
             out.update(zip(got.column("sample_id").to_pylist(),
                            got.column(column).to_pylist(), strict=True))
         for s in missing:
@@ -130,7 +130,7 @@ class SparkSource:
 
 def _arrow(df, columns: Sequence[str]) -> pa.Table:
     """`df`'s `columns` that exist, as Arrow on the driver (a placeholder column when none
-    does, so the row count survives; `_select` then fills the missing ones with nulls)."""
+    does, so the row count survives; `select_columns` then fills the missing ones with nulls)."""
     from pyspark.sql import functions as F
 
     have = set(df.columns)

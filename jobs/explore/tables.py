@@ -48,7 +48,9 @@ class TableSource(Protocol):
         """The table's Delta version, -1 when missing."""
 
 
-def _select(table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+def select_columns(table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    """`columns` of `table` in that order; one an older table lacks comes back as nulls
+    (every source answers with the columns asked for)."""
     if columns is None:
         return table
     out = {}
@@ -68,14 +70,14 @@ class ArrowSource:
 
     def read(self, key: str, columns: Sequence[str] | None = None) -> pa.Table | None:
         table = self._tables.get(key)
-        return None if table is None else _select(table, columns)
+        return None if table is None else select_columns(table, columns)
 
     def lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
         table = self._tables.get(key)
         if table is None:
             return None
         hits = table.filter(pc.equal(table["sample_id"], pa.scalar(sample_id, pa.int64())))
-        return _select(hits, columns).to_pylist()[0] if hits.num_rows else None
+        return select_columns(hits, columns).to_pylist()[0] if hits.num_rows else None
 
     def image(self, sample_id: int, column: str = "image") -> bytes | None:
         return (self.lookup("images", sample_id, (column,)) or {}).get(column)
@@ -143,7 +145,7 @@ class DeltaSource:
             else:
                 have = set(table.schema().to_arrow().names)
                 wanted = None if columns is None else [c for c in columns if c in have]
-                self._cache[cache_key] = _select(self._scan(key, wanted), columns)
+                self._cache[cache_key] = select_columns(self._scan(key, wanted), columns)
         return self._cache[cache_key]
 
     def _scan(self, key: str, columns: list[str] | None, where: str = "") -> pa.Table:
@@ -178,7 +180,7 @@ class DeltaSource:
             # pyarrow dataset decodes the whole row group's column (every image of it:
             # 0.1-1 s a thumbnail at 10^5 rows, benchmarks/bench_explore.py).
             hits = self._scan(key, wanted, f"WHERE sample_id = {int(sample_id)}")
-        return _select(hits, columns).to_pylist()[0] if hits.num_rows else None
+        return select_columns(hits, columns).to_pylist()[0] if hits.num_rows else None
 
     def _query(self, key: str):
         """A deltalake QueryBuilder (DataFusion) over `key`'s snapshot, as table `t`; None
