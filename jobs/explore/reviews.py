@@ -12,6 +12,8 @@ images, the only kind of evidence the filter's quality claims may rest on.
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from jobs.explore.tables import ExploreError, storage_options
 TEXT_LABELS = ("has_text", "no_text")
 DUP_LABELS = ("duplicate", "not_duplicate")
 LABELS = TEXT_LABELS + DUP_LABELS
+COMMIT_ATTEMPTS = 20
 
 SCHEMA = pa.schema([
     pa.field("review_id", pa.string(), nullable=False),
@@ -53,6 +56,7 @@ def append(path: str, reviews: Iterable[Review]) -> int:
     """Append reviews to the Delta table at `path` (created on first use); returns rows
     written. Safe to call from several processes at once."""
     from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
 
     items = list(reviews)
     if not items:
@@ -66,9 +70,19 @@ def append(path: str, reviews: Iterable[Review]) -> int:
         "reviewed_at": [now] * len(items),
         "note": [r.note[:2000] for r in items],
     }, schema=SCHEMA)
-    write_deltalake(path, table, mode="append", storage_options=storage_options() or None,
-                    commit_properties=CommitProperties(max_commit_retries=100))
-    return len(items)
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            write_deltalake(path, table, mode="append",
+                            storage_options=storage_options() or None,
+                            commit_properties=CommitProperties(max_commit_retries=100))
+            return len(items)
+        except CommitFailedError:
+            # Two first reviews can race to create the table ("metadata changed"); the
+            # loser's files were never committed, so writing again adds them once.
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    return 0
 
 
 def read(path: str) -> pa.Table:

@@ -230,7 +230,8 @@ def test_another_host_needs_the_token(wb):
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
 
 
-def _append_reviews(path: str, who: str, ids: list[int]) -> None:
+def _append_reviews(path: str, who: str, ids: list[int], go) -> None:
+    go.wait(60)  # every reviewer starts at once: the first reviews race to create the table
     for sid in ids:
         review_table.append(path, [review_table.Review(sid, "has_text", who)])
 
@@ -238,17 +239,22 @@ def _append_reviews(path: str, who: str, ids: list[int]) -> None:
 def test_concurrent_reviewers_never_lose_a_row(tmp_path):
     path = str(tmp_path / "reviews")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_reviews, args=(path, f"r{k}", list(range(k, 40, 2))))
-             for k in range(2)]
+    go = ctx.Event()
+    procs = [ctx.Process(target=_append_reviews,
+                         args=(path, f"r{k}", list(range(k, 45, 3)), go)) for k in range(3)]
     for p in procs:
         p.start()
+    import time
+
+    time.sleep(3)  # the children import deltalake and wait
+    go.set()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
     table = review_table.read(path)
-    assert table.num_rows == 40
-    assert sorted(table["sample_id"].to_pylist()) == list(range(40))
-    assert len(set(table["review_id"].to_pylist())) == 40
+    assert table.num_rows == 45
+    assert sorted(table["sample_id"].to_pylist()) == list(range(45))
+    assert len(set(table["review_id"].to_pylist())) == 45
 
 
 def test_reviews_measure_the_filters_precision_and_recall(lake, tmp_path):
@@ -359,3 +365,28 @@ def test_tables_with_deletion_vectors_are_read_without_the_deleted_rows(spark, l
     assert wb.decisions.n_rows == 239
     assert wb.decisions.row(first) is None
     assert wb.source.lookup("metadata", first, ("text",)) is None
+
+
+def test_a_review_that_loses_the_race_to_create_the_table_is_written_again(tmp_path,
+                                                                          monkeypatch):
+    """Two first reviews can both try to create the table; delta-rs fails the loser with
+    "metadata changed" (seen in a full run). Its files were never committed, so the
+    review is written again, once."""
+    import deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    real = deltalake.write_deltalake
+    calls = []
+
+    def lose_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            real(*args, **kwargs)  # the other curator's first review lands ...
+            raise CommitFailedError("Metadata changed since last commit.")  # ... ours lost
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deltalake, "write_deltalake", lose_once)
+    path = str(tmp_path / "reviews")
+    assert review_table.append(path, [review_table.Review(7, "no_text", "ann")]) == 1
+    assert len(calls) == 2
+    assert review_table.read(path).num_rows == 2  # the other's and ours, none lost
