@@ -43,45 +43,57 @@ class BadRequest(ExploreError):
     pass
 
 
-def _int(params, name: str, default: int | None = None, lo: int = 0,
-         hi: int = 2**63 - 1) -> int | None:
+def _param(params, name: str, default, convert):
+    """The query parameter `name` through `convert` (a ValueError is the 400's reason),
+    or `default` when it is absent or empty."""
     raw = params.get(name)
     if raw in (None, ""):
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return value
+        return convert(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} {exc}") from None
+
+
+def _int(params, name: str, default: int | None = None, lo: int = 0,
+         hi: int = 2**63 - 1) -> int | None:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return _param(params, name, default, convert)
 
 
 def _float(params, name: str, default: float | None = None) -> float | None:
-    raw = params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, got {raw[:40]!r}") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number")
-    return value
+    def convert(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw[:40]!r}") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    return _param(params, name, default, convert)
 
 
 def _choice(params, name: str, choices: tuple[str, ...], default: str | None = None):
-    raw = params.get(name)
-    if raw in (None, ""):
-        return default
-    if raw not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}")
-    return raw
+    def convert(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+
+    return _param(params, name, default, convert)
 
 
-def gallery_filters(params, wb: Workbench) -> tuple[GalleryFilters, dict]:
-    reasons = wb.reasons()
-    stages = sorted({r.split(":", 1)[0] for r in reasons} | set(wb.reject_stages()))
+def gallery_filters(params, reasons: list[str],
+                    reject_stages: list[str]) -> tuple[GalleryFilters, dict]:
+    stages = sorted({r.split(":", 1)[0] for r in reasons} | set(reject_stages))
     published = params.get("published") or None
     if published is not None and published not in reasons and published not in stages:
         raise BadRequest(f"published must be one of {', '.join(reasons + stages)}")
@@ -123,10 +135,11 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
 
     def gallery(request: Request) -> Response:
         q = request.query_params
-        filters, kept = gallery_filters(q, wb)
+        reasons = wb.reasons()
+        filters, kept = gallery_filters(q, reasons, wb.reject_stages())
         page = _int(q, "page", 0, 0, 10**7)
         result = wb.gallery(filters, page)
-        body = views.gallery_form(kept, wb.reasons(), wb.clusters())
+        body = views.gallery_form(kept, reasons, wb.clusters())
         body += views.gallery(result, links)
         body += views.pager(result, kept, links)
         if filters.published and filters.published.startswith("ingest"):
@@ -135,8 +148,7 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
 
     def _ingest(published: str) -> str:
         reason = published.split(":", 1)[1] if ":" in published else None
-        rows = wb.ingest_rejects(reason)
-        return views._Markup(views._render("ingest_rejects.html", rows=rows))
+        return views.ingest_rejects(wb.ingest_rejects(reason))
 
     def row(request: Request) -> Response:
         sid = _path_id(request)
@@ -202,9 +214,8 @@ def build_app(wb: Workbench, token: str = "", config_path: str = "conf/local.yam
         return RedirectResponse(f"/row/{sid}", status_code=303)
 
     def reviews_page(request: Request) -> Response:
-        rows = wb.recent_reviews()
-        listing = views._render("reviews_list.html", rows=rows)
-        return html("Reviews", views.quality(wb.quality()) + views._Markup(listing))
+        return html("Reviews", views.quality(wb.quality())
+                    + views.reviews_list(wb.recent_reviews()))
 
     def app_js(request: Request) -> Response:
         return Response(APP_JS, media_type="text/javascript")

@@ -321,10 +321,9 @@ class Decisions:
         got = cur.fetchall()
         return dict(zip(names, got[0], strict=True)) if got else None
 
-    def duplicates(self, sample_id: int, limit: int = 24) -> dict:
-        """What this row duplicates (its keeper) and what duplicates it."""
-        row = self.row(sample_id)
-        keeper = row["duplicate_of"] if row else None
+    def duplicates(self, row: dict, limit: int = 24) -> dict:
+        """What this row (from `row()`) duplicates (its keeper) and what duplicates it."""
+        sample_id, keeper = row["sample_id"], row["duplicate_of"]
         of_me = self.con.execute(f"""
             SELECT sample_id, dedup_reason, max_sim FROM rows
             WHERE duplicate_of = $sid AND sample_id <> $sid

@@ -133,73 +133,42 @@ class DeltaSource:
         return self._open[key]
 
     def read(self, key: str, columns: Sequence[str] | None = None) -> pa.Table | None:
-        with self._lock:
-            return self._read(key, columns)
-
-    def _read(self, key: str, columns: Sequence[str] | None) -> pa.Table | None:
         cache_key = (key, None if columns is None else tuple(columns))
-        if cache_key not in self._cache:
-            table = self.delta(key)
-            if table is None:
-                self._cache[cache_key] = None
-            else:
-                have = set(table.schema().to_arrow().names)
-                wanted = None if columns is None else [c for c in columns if c in have]
-                self._cache[cache_key] = select_columns(self._scan(key, wanted), columns)
-        return self._cache[cache_key]
-
-    def _scan(self, key: str, columns: list[str] | None, where: str = "") -> pa.Table:
-        """`columns` (None: all) of `key`'s rows, through DataFusion, which applies
-        deletion vectors (Databricks turns them on for new tables; delta-rs' pyarrow
-        dataset refuses such tables) and skips files and pages by their statistics."""
-        query = self._query(key)
-        if query is None:  # deltalake < 1.0
-            return self._dataset(key).to_table(columns=columns)
-        names = "*" if columns is None else ", ".join(
-            '"' + c.replace('"', '""') + '"' for c in columns or ["sample_id"])
-        return pa.table(query.execute(f"SELECT {names} FROM t {where}").read_all())
+        with self._lock:
+            if cache_key not in self._cache:
+                self._cache[cache_key] = self._scan(key, columns)
+            return self._cache[cache_key]
 
     def lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
-        """One row's `columns` by sample id, read from the files whose statistics can
-        hold it (the big columns, image bytes and OCR boxes, are never read in bulk)."""
+        """One row's `columns` by sample id, read from the files and pages whose
+        statistics can hold it (the big columns, image bytes and OCR boxes, are never read
+        in bulk; a pyarrow dataset would decode a whole row group's images for one:
+        0.1-1 s a thumbnail at 10^5 rows, benchmarks/bench_explore.py)."""
         with self._lock:
-            return self._lookup(key, sample_id, columns)
+            hits = self._scan(key, columns, f"WHERE sample_id = {int(sample_id)}")
+        return hits.to_pylist()[0] if hits is not None and hits.num_rows else None
 
-    def _lookup(self, key: str, sample_id: int, columns: Sequence[str]) -> dict | None:
+    def _scan(self, key: str, columns: Sequence[str] | None,
+              where: str = "") -> pa.Table | None:
+        """`columns` (None: all) of `key`'s rows, or None when there is no table, through
+        DataFusion, which applies deletion vectors (Databricks turns them on for new
+        tables; delta-rs' pyarrow dataset refuses such tables) and skips files and pages
+        by their statistics."""
         table = self.delta(key)
         if table is None:
             return None
-        have = set(table.schema().to_arrow().names)
-        wanted = [c for c in columns if c in have]
-        if self._query(key) is None:  # deltalake < 1.0
-            hits = self._dataset(key).to_table(
-                columns=wanted,
-                filter=pc.field("sample_id") == pa.scalar(int(sample_id), pa.int64()))
-        else:
-            # DataFusion reads only the pages whose statistics can hold the id; the
-            # pyarrow dataset decodes the whole row group's column (every image of it:
-            # 0.1-1 s a thumbnail at 10^5 rows, benchmarks/bench_explore.py).
-            hits = self._scan(key, wanted, f"WHERE sample_id = {int(sample_id)}")
-        return select_columns(hits, columns).to_pylist()[0] if hits.num_rows else None
-
-    def _query(self, key: str):
-        """A deltalake QueryBuilder (DataFusion) over `key`'s snapshot, as table `t`; None
-        before deltalake 1.0 (whose QueryBuilder, where there is one, predates the
-        RecordBatchReader used here): the pyarrow dataset serves instead."""
         if ("query", key) not in self._open:
-            import deltalake
+            from deltalake import QueryBuilder
 
-            if int(deltalake.__version__.split(".")[0]) < 1:
-                self._open[("query", key)] = None
-            else:
-                self._open[("query", key)] = deltalake.QueryBuilder().register(
-                    "t", self.delta(key))
-        return self._open[("query", key)]
-
-    def _dataset(self, key: str):
-        if ("dataset", key) not in self._open:
-            self._open[("dataset", key)] = self.delta(key).to_pyarrow_dataset()
-        return self._open[("dataset", key)]
+            self._open[("query", key)] = QueryBuilder().register("t", table)
+        if columns is None:
+            names = "*"
+        else:
+            have = set(table.schema().to_arrow().names)
+            names = ", ".join('"' + c.replace('"', '""') + '"'
+                              for c in [c for c in columns if c in have] or ["sample_id"])
+        got = self._open[("query", key)].execute(f"SELECT {names} FROM t {where}")
+        return select_columns(pa.table(got.read_all()), columns)
 
     def image(self, sample_id: int, column: str = "image") -> bytes | None:
         return (self.lookup("images", sample_id, (column,)) or {}).get(column)

@@ -35,7 +35,7 @@ class Links:
     interactive: bool = True
 
 
-def app_links(token: str = "") -> Links:
+def app_links() -> Links:
     def q(params: dict) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "")}
         return urlencode(clean)
@@ -195,6 +195,15 @@ def search_results(hits, links: Links, warning: str, title: str) -> str:
 
 def search_form(q: str = "", mode: str = "caption") -> str:
     return _Markup(_render("search_form.html", q=q, mode=mode))
+
+
+def ingest_rejects(rows: list[dict]) -> str:
+    """Rows that never reached metadata: their reason and the record as read."""
+    return _Markup(_render("ingest_rejects.html", rows=rows))
+
+
+def reviews_list(rows: list[tuple]) -> str:
+    return _Markup(_render("reviews_list.html", rows=rows))
 
 
 def quality(q: dict) -> str:

@@ -8,6 +8,7 @@ exists once. Everything here reads; the one write is `review`, an append to the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -96,32 +97,17 @@ class Workbench:
             if row is None:
                 raise ExploreError(f"no row with sample_id {sample_id}")
             policies = self.decisions.reasons_under_policies(sample_id)
-            dups = self.decisions.duplicates(sample_id)
+            dups = self.decisions.duplicates(row)
             mine = self.decisions.con.execute(
                 "SELECT label, reviewer, reviewed_at FROM _reviews WHERE sample_id = $s "
                 "ORDER BY reviewed_at DESC", {"s": int(sample_id)}).fetchall()
         boxes = self._boxes(sample_id)
-        r = self.cfg.recipe
-        recipe = {"min_clip_score": r.min_clip_score, "min_aesthetic": r.min_aesthetic,
-                  "min_masked_clip_score": r.min_masked_clip_score, "max_cotr": r.max_cotr,
-                  "max_text_boxes": r.max_text_boxes, "text_policy": r.text_policy,
-                  "dedup_threshold": r.dedup_threshold}
         return Detail(row, boxes, policies, dups,
                       [{"label": a, "reviewer": b, "reviewed_at": c} for a, b, c in mine],
-                      recipe)
+                      dataclasses.asdict(self.cfg.recipe))
 
     def _boxes(self, sample_id: int) -> list[dict]:
-        lookup = getattr(self.source, "lookup", None)
-        if lookup is not None:
-            got = lookup("scores", sample_id, ("ocr_boxes",))
-        else:
-            table = self.source.read("scores", ("sample_id", "ocr_boxes"))
-            got = None
-            if table is not None:
-                import pyarrow.compute as pc
-
-                hit = table.filter(pc.equal(table["sample_id"], sample_id))
-                got = hit.to_pylist()[0] if hit.num_rows else None
+        got = self.source.lookup("scores", sample_id, ("ocr_boxes",))
         return list((got or {}).get("ocr_boxes") or [])
 
     def image(self, sample_id: int) -> bytes | None:
