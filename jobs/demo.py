@@ -29,14 +29,14 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve(directory: Path):
-    """Serve `directory` on 127.0.0.1 (a free port) for the length of the block."""
+def serve(directory: Path, host: str = "127.0.0.1", port: int = 0):
+    """Serve `directory` on `host` (a free port unless given) for the length of the block."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"http://{host}:{server.server_address[1]}/"
     finally:
         server.shutdown()
         server.server_close()

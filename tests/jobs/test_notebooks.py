@@ -5,105 +5,27 @@ markdown and `%pip` cells as `# MAGIC` lines (skipped here: the test environment
 packages). Every Python cell runs in one namespace holding this suite's Spark session
 and stand-ins for what Databricks provides: `dbutils.widgets` (with the values a test
 sets), `display` (collects the DataFrame) and `displayHTML` (records the HTML). The
-tests assert on what the notebooks displayed. A notebook no test runs fails
-`test_every_notebook_is_run`.
+tests assert on what the notebooks displayed. The quickstart runs in
+tests/jobs/test_pipeline.py, as that module's pipeline run. A notebook no test runs
+fails `test_every_notebook_is_run`.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from benchmarks.explore_lake import LakeShape, write_lake
-from tests.support.fast_ocr import FAST_OCR
+from tests.support.notebooks import HEADER, cells, funnel_parts, is_magic, run_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
-HEADER = "# Databricks notebook source"
-SEPARATOR = "# COMMAND ----------"
-# The notebooks a test below runs; a new notebook must join them.
+# The notebooks a test runs; a new notebook must join them. quickstart.py is the pipeline
+# module's one pipeline run (tests/jobs/test_pipeline.py, every test there asserts on it).
 RUN = {"explore.py", "quickstart.py"}
-
-
-def cells(path: Path) -> list[str]:
-    text = path.read_text()
-    assert text.startswith(HEADER + "\n"), f"{path.name}: first line must be {HEADER!r}"
-    body = text[len(HEADER) + 1:]
-    return [c.strip("\n") for c in re.split(rf"^{re.escape(SEPARATOR)}$", body, flags=re.M)]
-
-
-def is_magic(cell: str) -> bool:
-    lines = [line for line in cell.splitlines() if line.strip()]
-    return bool(lines) and lines[0].startswith("# MAGIC")
-
-
-class Widgets:
-    """dbutils.widgets: a widget's value is the test's override, else its default."""
-
-    def __init__(self, values: dict[str, str]):
-        self.values = dict(values)
-        self.defined: dict[str, str] = {}
-
-    def text(self, name: str, default: str, label: str | None = None) -> None:
-        self.defined[name] = str(default)
-
-    def dropdown(self, name: str, default: str, choices, label: str | None = None) -> None:
-        choices = [str(c) for c in choices]
-        assert str(default) in choices, f"widget {name}: default {default!r} not a choice"
-        if name in self.values:
-            assert self.values[name] in choices, f"widget {name}: {self.values[name]!r}"
-        self.defined[name] = str(default)
-
-    def get(self, name: str) -> str:
-        if name not in self.defined:  # Databricks: InputWidgetNotDefined
-            raise KeyError(f"no widget named {name!r} is defined")
-        return self.values.get(name, self.defined[name])
-
-
-@dataclass
-class Ran:
-    html: list[str] = field(default_factory=list)
-    displayed: list[list] = field(default_factory=list)
-    namespace: dict = field(default_factory=dict)
-    widgets: Widgets | None = None
-
-
-def run_notebook(name: str, spark, widgets: dict[str, str], monkeypatch) -> Ran:
-    """Every Python cell of notebooks/`name`, in order, in the notebook's own folder
-    (where Databricks runs it)."""
-    ran = Ran(widgets=Widgets(widgets))
-
-    def display(df) -> None:
-        ran.displayed.append(df.collect())
-
-    def display_html(html: str) -> None:
-        assert isinstance(html, str)
-        ran.html.append(html)
-
-    dbutils = type("DBUtils", (), {"widgets": ran.widgets})()
-    ran.namespace.update(__name__="__main__", spark=spark, dbutils=dbutils,
-                         display=display, displayHTML=display_html)
-    monkeypatch.chdir(ROOT / "notebooks")
-    path = ROOT / "notebooks" / name
-    for i, cell in enumerate(cells(path)):
-        if cell.strip() and not is_magic(cell):
-            exec(compile(cell, f"{path}[cell {i}]", "exec"), ran.namespace)  # noqa: S102
-    unused = set(widgets) - set(ran.widgets.defined)
-    assert not unused, f"{name} defines no widget {sorted(unused)}"
-    return ran
-
-
-def funnel_parts(html: str) -> dict[str, int]:
-    """The funnel's own sum line: input = subset + rejects (+ pending)."""
-    m = re.search(r"input = (\d+) = subset (\d+) \+ rejects (\d+)\s*(?:\+ pending (\d+))?",
-                  html)
-    assert m, "no funnel in the HTML"
-    return {"input": int(m[1]), "kept": int(m[2]), "rejects": int(m[3]),
-            "pending": int(m[4] or 0)}
 
 
 # --------------------------------------------------------------------- every notebook
@@ -194,29 +116,3 @@ def test_spark_source_reads_what_delta_source_reads(spark, synthetic_lake):
     assert ours.version("scores") == theirs.version("scores") >= 0
     assert ours.read("reviews") is None and ours.version("reviews") == -1
     assert ours.properties("reviews") == {} and ours.lookup("reviews", sid, ("label",)) is None
-
-
-# --------------------------------------------------------------------- quickstart.py
-
-# The whole pipeline, models included, as a workspace runs it (2.5-4.5 min on 2 busy
-# cores): a deployment shape, so it runs in CI's second step beside the job-cluster and
-# standalone-cluster tests (`pytest -m cluster`), not in the default suite.
-@pytest.mark.cluster
-def test_quickstart_notebook_runs_the_pipeline_on_a_sample(spark, tmp_path, monkeypatch):
-    """The smallest sample the quickstart takes (26 rows: photos, text, duplicates,
-    broken images, invalid metadata) through the whole pipeline in this session."""
-    config = tmp_path / "quickstart.yaml"
-    spotter = ", ".join(f"{k}: {v}" for k, v in FAST_OCR.items())
-    config.write_text(f"extends: {ROOT / 'conf' / 'local.yaml'}\n"
-                      f"score:\n  spotter_options: {{{spotter}}}\n")
-    ran = run_notebook("quickstart.py", spark, {
-        "config": str(config), "rows": "26", "storage_root": str(tmp_path / "lake"),
-        "catalog": "", "schema": "t_nb_quickstart",
-    }, monkeypatch)
-
-    parts = funnel_parts(next(h for h in ran.html if 'id="funnel"' in h))
-    assert parts == {**parts, "input": 26, "pending": 0}
-    assert parts["input"] == parts["kept"] + parts["rejects"]
-    assert parts["kept"] > 0 and parts["rejects"] > 0
-    reports = ran.namespace["reports"]
-    assert reports["publish"].kept == parts["kept"]

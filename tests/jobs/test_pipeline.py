@@ -1,23 +1,28 @@
-"""`deparrot run` end to end on the generated sample, served from a local HTTP server.
+"""`deparrot run` end to end on the generated sample, as the quickstart notebook runs it.
 
-The pipeline runs once for the module (`ran`), and each test asserts on its tables.
+The module's one pipeline run is notebooks/quickstart.py, cell by cell, in this suite's
+session (tests/support/notebooks.py): it generates the sample, serves it from the driver,
+runs every stage and shows the workbench's funnel. The pipeline then runs again, and
+each test asserts on those runs' tables.
 """
 
 import dataclasses
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from pyspark.sql import functions as F
 
 from jobs import pipeline
-from jobs.config import load_config
 from jobs.demo import serve
 from jobs.lake import Lake
-from jobs.sample import generate
 from tests.support.fast_ocr import FAST_OCR
+from tests.support.notebooks import funnel_parts, run_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
+ROWS = 48
 
 
 @dataclasses.dataclass
@@ -27,40 +32,51 @@ class Ran:
     sample_dir: Path
     rows: int
     tmp: Path
+    html: list
 
 
 # Tables a re-run with nothing to do must not commit to (not even an equal rewrite).
 COMMITTED_ONCE = ("metadata", "images", "scores", "dedup", "subset", "rejects")
 
 
+def serving_again(cfg):
+    """The sample's image server again, at the address its URLs name."""
+    where = urlsplit(cfg.sample.base_url)
+    return serve(Path(cfg.sample.out), where.hostname, where.port)
+
+
 @pytest.fixture(scope="module")
 def ran(spark, tmp_path_factory):
-    """The demo config (offline models, small clusters, loopback opted in) over 48
-    generated rows, run once, then run again: the second run must find nothing to do.
-    The image server stays up for the module (the sample's URLs name its port)."""
+    """The quickstart notebook over 48 generated rows with the demo's settings (offline
+    models, small clusters; the stage-test OCR setting), then the pipeline once more:
+    the second run must find nothing to do."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    demo = load_config(ROOT / "conf" / "demo.yaml")
-    sample_dir = tmp / "sample"
-    sample_dir.mkdir()
-    with serve(sample_dir) as base_url:
-        sample = generate(dataclasses.replace(demo.sample, out=str(sample_dir), rows=48,
-                                              base_url=base_url))
-        cfg = dataclasses.replace(
-            demo, spark=load_config(None).spark,
-            storage=dataclasses.replace(load_config(None).storage, root=str(tmp / "lake"),
-                                        schema="t_pipeline"),
-            ingest=dataclasses.replace(demo.ingest, input=str(sample_dir / "metadata")),
-            score=dataclasses.replace(demo.score, spotter_options=FAST_OCR),
-            cluster=dataclasses.replace(demo.cluster, artifacts=str(tmp / "clusters"), k=2),
-        )
-        reports = pipeline.run(spark, cfg)
-        lake = Lake(spark, cfg)
-        before = _outcome(lake)
-        versions = {t: lake.version(t) for t in COMMITTED_ONCE}
+    config = tmp / "quickstart.yaml"
+    config.write_text(yaml.safe_dump({"extends": str(ROOT / "conf" / "demo.yaml"),
+                                      "score": {"spotter_options": FAST_OCR}}))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        notebook = run_notebook("quickstart.py", spark, {
+            "config": str(config), "rows": str(ROWS), "storage_root": str(tmp / "lake"),
+            "catalog": "", "schema": "t_pipeline"}, monkeypatch)
+    cfg, sample = notebook.namespace["cfg"], notebook.namespace["sample"]
+    lake = Lake(spark, cfg)
+    before = _outcome(lake)
+    versions = {t: lake.version(t) for t in COMMITTED_ONCE}
+    with serving_again(cfg):
         again = pipeline.run(spark, cfg)
-        yield Ran(cfg, {"first": reports, "again": again, "before_again": before,
-                        "versions": (versions, {t: lake.version(t) for t in COMMITTED_ONCE})},
-                  sample_dir, sample.rows, tmp)
+    yield Ran(cfg, {"first": notebook.namespace["reports"], "again": again,
+                    "before_again": before,
+                    "versions": (versions, {t: lake.version(t) for t in COMMITTED_ONCE})},
+              Path(sample.out), sample.rows, tmp, notebook.html)
+
+
+def test_the_quickstart_notebook_shows_where_every_row_went(ran):
+    """The notebook's last cell: the workbench's funnel through SparkSource."""
+    parts = funnel_parts(next(h for h in ran.html if 'id="funnel"' in h))
+    assert parts == {**parts, "input": ROWS, "pending": 0}
+    assert parts["input"] == parts["kept"] + parts["rejects"]
+    assert parts["kept"] > 0 and parts["rejects"] > 0
+    assert ran.reports["first"]["publish"].kept == parts["kept"]
 
 
 def test_run_accounts_for_every_input_row(spark, ran):
@@ -68,7 +84,7 @@ def test_run_accounts_for_every_input_row(spark, ran):
     reports = ran.reports["first"]
     subset = lake.read("subset")
     rejects = lake.read("rejects")
-    assert subset.count() + rejects.count() == ran.rows == 48
+    assert subset.count() + rejects.count() == ran.rows == ROWS
     assert reports["publish"].kept == subset.count() > 0
 
     truth = pq.read_table(ran.sample_dir / "truth.parquet").to_pandas()
@@ -110,7 +126,8 @@ def test_chunks_of_8_rows_give_the_same_subset_and_rejects(spark, ran):
         download=dataclasses.replace(cfg.download, rows_per_commit=8),
         score=dataclasses.replace(cfg.score, rows_per_commit=8),
         cluster=dataclasses.replace(cfg.cluster, artifacts=str(ran.tmp / "clusters8")))
-    chunked = pipeline.run(spark, small)
+    with serving_again(cfg):
+        chunked = pipeline.run(spark, small)
     assert chunked["score"].chunks > 1 and chunked["download"].chunks > 1
     assert _outcome(Lake(spark, small)) == _outcome(Lake(spark, cfg))
 
