@@ -5,6 +5,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_explore  # noqa: E402
@@ -18,6 +20,7 @@ ONCE = ("start-up (open + first page)", "search more-like first (embeddings)",
         "search meaning first (text tower)", "what-if lake load, 2,000 rows")
 
 
+@pytest.mark.slow  # a benchmark run; default: tests/jobs/test_explore.py
 def test_every_measurement_is_printed_with_its_verdict(tmp_path, capsys):
     lakes = tmp_path / "lakes"
     assert bench_explore.main([*ARGS, "--lake-dir", str(lakes)]) == 0

@@ -155,11 +155,17 @@ def test_ngrams_equal_a_plain_python_count_and_round_trip_csv(spark, analysed):
     with open(result.csv["caption_1gram"], newline="", encoding="utf-8") as fh:
         back = [(w, int(c)) for w, c in list(csv.reader(fh))[1:]]
     assert back == got["caption_1gram"]
-    again = analyze.run(spark, analysed.cfg)  # recomputed, never appended
-    assert again.rows == result.rows and lake.read("ngrams").count() == sum(
+
+
+@pytest.mark.slow  # a second analyze run (the default run asserts what the first wrote)
+def test_analyze_again_recomputes_and_never_appends(spark, analysed):
+    result = analysed.result
+    again = analyze.run(spark, analysed.cfg)
+    assert again.rows == result.rows and Lake(spark, analysed.cfg).read("ngrams").count() == sum(
         result.vocab_sizes.values())
 
 
+@pytest.mark.slow  # default: tests/jobs/test_report_html.py; CI step 2 runs the report task
 def test_report_figures_exist_and_numbers_match_tables(spark, analysed):
     from jobs.report_html import report_figures
 

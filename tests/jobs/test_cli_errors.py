@@ -57,6 +57,7 @@ def test_columns_of_no_known_family(spark, cfg, tmp_path, capsys):
     _nothing_written(spark, cfg)
 
 
+@pytest.mark.slow  # default: one-line errors for bad files in test_ingest.py
 def test_corrupt_file_among_good_ones_stops_before_writing(spark, cfg, tmp_path, capsys):
     folder = tmp_path / "meta"
     folder.mkdir()

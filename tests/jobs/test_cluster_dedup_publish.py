@@ -96,6 +96,7 @@ def test_assign_equals_direct_faiss_search(spark, scored):
     assert again.assigned == 40 and Lake(spark, scored).read("clusters").count() == 40
 
 
+@pytest.mark.slow  # default: assign equals faiss on trained artifacts
 def test_cluster_train_gives_the_same_artifacts_run_after_run(spark, scored, tmp_path):
     from pyspark.sql import functions as F
 
@@ -199,6 +200,7 @@ def test_published_joblib_pca_needs_the_trust_flag(scored, tmp_path):
     np.testing.assert_allclose(art.project(x), pca.transform(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a guard; default: assign equals faiss
 def test_assign_refuses_embeddings_of_another_model(spark, scored):
     from jobs.errors import UserError
 
@@ -250,6 +252,7 @@ def _exact_keepers(rows, cluster, recipe):
     return {r[0]: int(k) for r, k in zip(mine, res.keeper_ids, strict=True)}
 
 
+@pytest.mark.slow  # default: exact dedup within clusters (the crash test)
 def test_dedup_splits_clusters_over_the_cap_and_stays_exact_below_it(spark, cfg):
     df, rows, planted = _clustered_frame(spark)
     exact = {**_exact_keepers(rows, 0, cfg.recipe), **_exact_keepers(rows, 1, cfg.recipe)}

@@ -111,6 +111,7 @@ def test_http_download_every_outcome_accounted_and_rerun_retries_only_retryable(
         assert "http_503" not in reasons and "timeout" not in reasons
 
 
+@pytest.mark.slow  # default: tests/udfs/test_fetch.py refuses loopback per URL
 def test_loopback_is_refused_unless_opted_in(spark, cfg, tmp_path):
     with LocalImageServer() as srv:
         cfg = _ingest(spark, cfg, tmp_path, [srv.url("/image")])
@@ -143,6 +144,7 @@ def _img2dataset_sidecars(folder: Path, shards: tuple[str, ...], webdataset: boo
                                      "status": ["success"]}), folder / f"{shard}.parquet")
 
 
+@pytest.mark.slow  # another input shape; default: the HTTP path
 def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
     urls = [f"https://img.example/{i}.jpg" for i in range(4)]
     cfg = _ingest(spark, cfg, tmp_path, urls)
@@ -173,6 +175,7 @@ def test_reads_img2dataset_webdataset_and_parquet_shards(spark, cfg, tmp_path):
     assert (row["status"], row["source"]) == ("ok", "parquet")
 
 
+@pytest.mark.slow  # default: the outcomes test's rerun and the pipeline's no-commit rerun
 def test_rejects_catch_up_after_a_crash_and_are_not_rewritten_when_unchanged(
         spark, cfg, tmp_path, monkeypatch):
     with LocalImageServer(image_bytes=_jpeg(4)) as srv:

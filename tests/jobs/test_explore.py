@@ -85,7 +85,9 @@ def test_whatif_lists_flips_and_the_line_that_publishes_them(wb):
 
 @pytest.mark.parametrize("knobs", [
     {"min_clip_score": 0.29, "text_policy": "parrots", "max_cotr": 0.2},
-    {"min_aesthetic": 4.8, "text_policy": "tmars", "min_masked_clip_score": 0.27},
+    # slow: a second publish; the default run keeps the parrots line above
+    pytest.param({"min_aesthetic": 4.8, "text_policy": "tmars",
+                  "min_masked_clip_score": 0.27}, marks=pytest.mark.slow),
 ])
 def test_publishing_the_whatif_line_gives_its_counts(spark, lake, tmp_path, knobs):
     """The what-if's SQL is the recipe written a second time: Spark's publish, run with

@@ -72,6 +72,7 @@ def _read_webdataset(pattern: str) -> list[dict]:
     return list(wds.WebDataset(pattern, shardshuffle=False))
 
 
+@pytest.mark.slow  # default: CI step 2's export task writes shards that train reads
 def test_webdataset_shards_hold_every_row_once_and_resume_after_a_crash(spark, cfg, tmp_path):
     truth = build_tables(spark, cfg)
     out = tmp_path / "shards"
@@ -113,6 +114,7 @@ def test_webdataset_shards_hold_every_row_once_and_resume_after_a_crash(spark, c
     assert export.run(spark, cfg).skipped
 
 
+@pytest.mark.slow  # default: the webdataset shards test
 def test_parquet_shards_reencoded(spark, cfg, tmp_path):
     truth = build_tables(spark, cfg)
     out = tmp_path / "pq"

@@ -100,6 +100,7 @@ def test_laion400m_every_reason_accounting_and_idempotent_rerun(spark, cfg, tmp_
     assert lake.read("metadata").count() == len(kept_rows) + 2
 
 
+@pytest.mark.slow  # default: the laion400m and datacomp families
 def test_laion2b_family_from_a_nested_folder(spark, cfg, tmp_path):
     schema = pa.schema([("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.int64()),
                         ("HEIGHT", pa.int64()), ("similarity", pa.float64()),

@@ -152,7 +152,10 @@ def _one_line(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv"])
+# slow: parquet and tsv go through the same reader as csv (the default run keeps csv;
+# test_txt_and_renamed_columns reads text files with other separators)
+@pytest.mark.parametrize("fmt", [pytest.param("parquet", marks=pytest.mark.slow), "csv",
+                                 pytest.param("tsv", marks=pytest.mark.slow)])
 def test_url_caption_sample_is_ingested_through_the_cli(spark, cfg, tmp_path, fmt):
     """img2dataset's shape (URL, TEXT, a pandas index; no WIDTH/HEIGHT) in each format:
     every row is kept with null sizes or rejected with its reason, at its exact row."""
@@ -197,6 +200,7 @@ def test_hostile_csv_rows_are_kept_or_rejected_with_a_reason(spark, cfg, tmp_pat
         "/in/hostile.csv")
 
 
+@pytest.mark.slow  # default: the csv CLI test reads the same way
 def test_txt_and_renamed_columns(spark, cfg, tmp_path, capsys):
     urls = tmp_path / "urls.txt"
     urls.write_text("https://a.example/1.jpg\n\nhttps://a.example/2.jpg\nnot a url\n")

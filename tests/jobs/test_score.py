@@ -167,6 +167,7 @@ def make(word, device=None, cpu_threads=0):
 '''
 
 
+@pytest.mark.slow  # default: the flaky_spotters_q tests name shipped spotter modules the same way
 def test_third_party_spotter_named_by_import_path_runs_on_executors(
         spark, scored_inputs, tmp_path):
     """A spotter module the driver never imports, shipped the way a cluster ships code."""
@@ -262,6 +263,7 @@ def make(device=None, cpu_threads=0):
 '''
 
 
+@pytest.mark.slow  # default: tests/udfs/test_score.py::test_has_text_follows_the_text_rule
 def test_has_text_needs_text_read_not_boxes_found(spark, scored_inputs, tmp_path):
     """Boxes read as punctuation stay in ocr_boxes but do not make has_text (nor count in
     ocr_box_count, which counts the text rule's boxes)."""
@@ -406,6 +408,10 @@ def test_out_of_memory_halves_the_batch_and_scores_every_image(
     assert report.ok == 4 and report.errors == {"decode:decode_error": 1}
 
 
+# slow: a full stage run twice; default:
+# test_out_of_memory_halves_the_batch_and_scores_every_image and
+# test_resource_errors_fail_the_task_while_spark_can_still_retry_it
+@pytest.mark.slow
 def test_persistent_resource_errors_are_retryable_and_the_next_run_retries_them(
         spark, scored_inputs, tmp_path, flaky):
     # local[2] runs a task once: its (only) attempt is the last, so the rows are stored
@@ -488,6 +494,8 @@ def test_an_injected_bug_fails_the_stage_instead_of_rejecting_every_image(
     assert (report.pending, report.ok, report.errors) == (5, 4, {"decode:decode_error": 1})
 
 
+# slow: default: test_each_image_goes_through_the_models_once[2-True] runs chunked MERGEs
+@pytest.mark.slow
 def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
         spark, scored_inputs, tmp_path):
     from jobs.work_queue import staged
@@ -521,6 +529,7 @@ def test_chunks_are_planned_once_and_each_reads_only_its_own_rows(
     assert not scratch.exists() or not list(scratch.iterdir())
 
 
+@pytest.mark.slow  # an old lake migrating; default: new tables have the column
 def test_a_scores_table_from_before_masked_clip_score_gets_the_column(spark, cfg):
     from jobs.recipe import joined
 

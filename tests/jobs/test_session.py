@@ -3,6 +3,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -19,6 +21,7 @@ except SparkStartError as exc:
 """
 
 
+@pytest.mark.slow  # a second JVM start; default: other set-up errors are one line
 def test_unresolvable_jars_fail_fast_with_a_clear_message():
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,

@@ -37,6 +37,10 @@ def _cfg(cfg, tmp_path, checkpoint, **kw):
     return dataclasses.replace(cfg, sync_score=sc)
 
 
+# slow: the default run keeps the same computation without Spark
+# (tests/udfs/test_sync_score.py: test_score_words_matches_direct_computation,
+# test_trained_model_spots_text_better_than_random) and this job's settings and vocabulary
+@pytest.mark.slow
 def test_spark_path_equals_direct_computation_and_trained_beats_random(
         spark, cfg, tmp_path, trained_checkpoint, capsys):
     from udfs.sync_score import score_words

@@ -81,6 +81,23 @@ EXPECTED = {  # kept, {rejected id: reason}
 }
 
 
+def test_publish_keeps_and_rejects_by_the_default_policy(spark, tables):
+    """any_text on fresh tables (the default run; every policy in turn: the slow test
+    below)."""
+    lake = Lake(spark, tables)
+    kept, rejected = EXPECTED["any_text"]
+    assert dedup.run(spark, tables).candidates == len(kept)
+    report = publish.run(spark, tables)
+    got_kept = {r["SAMPLE_ID"] for r in lake.read("subset").collect()}
+    got_rejected = {r["sample_id"]: r["reason"] for r in lake.read("rejects").where(
+        F.col("stage") == "publish").collect()}
+    assert (got_kept, got_rejected) == (kept, rejected)
+    assert report.kept == len(kept) and len(got_kept) + len(got_rejected) == len(ROWS)
+
+
+# slow: three dedup and publish runs (the default run: any_text above, and parrots through
+# the workbench's what-if line in tests/jobs/test_explore.py)
+@pytest.mark.slow
 def test_publish_keeps_and_rejects_by_the_configured_policy(spark, tables):
     """One table set, published under each policy in turn: the subset and the reasons
     follow the policy, and so do dedup's candidates (9 duplicates 2, which only competes

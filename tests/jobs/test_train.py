@@ -157,6 +157,9 @@ def write_shards_directly(cfg, n: int) -> None:
                           {"subset_version": 0}, {"train": n}, stats)
 
 
+# slow: default: test_in_process_launcher_trains_resumes_and_leaves_the_drivers_logging_alone;
+# CI step 2 trains through databricks.yml
+@pytest.mark.slow
 def test_one_process_trains_records_and_loads(spark, cfg, tmp_path):
     """The quick path: 1 CPU process, 4 steps, a checkpoint open_clip loads, a run row."""
     cfg = _configure(cfg, tmp_path, n=32, epochs=1, train_num_samples=32)

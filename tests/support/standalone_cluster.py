@@ -89,13 +89,17 @@ class StandaloneCluster:
         self.pids.append(proc.pid)
         return proc.pid
 
-    def alive_workers(self) -> int:
+    def master_state(self) -> dict | None:
+        """The master UI's JSON, or None while that UI is not up (or not the master's)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/",
                                         timeout=2) as r:
-                state = json.load(r)
-        except OSError:
-            return 0
+                return json.load(r)
+        except (OSError, ValueError):
+            return None
+
+    def alive_workers(self) -> int:
+        state = self.master_state() or {}
         return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
 
     def start(self) -> StandaloneCluster:
@@ -103,12 +107,17 @@ class StandaloneCluster:
         self._start("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                     "--port", str(self.master_port), "--webui-port", str(self.ui_port),
                     log="master.log")
-        _wait(lambda: self.alive_workers() == 0 and _listening(self.master_port),
+        # Its UI answering, not only its RPC port: a worker started earlier could take the
+        # UI's port before the master binds it.
+        _wait(lambda: self.master_state() is not None and _listening(self.master_port),
               "master", 90)
         for i in range(self.workers):
+            ui = free_port()
+            while ui in (self.master_port, self.ui_port):
+                ui = free_port()
             pid = self._start("org.apache.spark.deploy.worker.Worker", self.url,
                               "--host", "127.0.0.1", "--cores", str(self.cores),
-                              "--memory", self.memory, "--webui-port", str(free_port()),
+                              "--memory", self.memory, "--webui-port", str(ui),
                               "--work-dir", str(self.work / f"worker-{i}"),
                               log=f"worker-{i}.log")
             self.worker_pids.append(pid)

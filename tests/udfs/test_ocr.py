@@ -254,6 +254,7 @@ def test_batched_agrees_with_per_image_rapidocr(batched):
             assert "PARROT" in got[0].text.upper() and "OPEN" in got[2].text.upper()
 
 
+@pytest.mark.slow  # default: test_batched_agrees_with_per_image_rapidocr
 def test_batched_letterboxing_does_not_move_boxes(batched):
     """Mixed sizes share a padded batch; the boxes equal those of exact-size batches."""
     from udfs.batched_ocr import BatchedOcrSpotter
@@ -268,6 +269,7 @@ def test_batched_letterboxing_does_not_move_boxes(batched):
             assert max(_iou(box.polygon, o.polygon) for o in b.boxes) > 0.9
 
 
+@pytest.mark.slow  # default: tests/udfs/test_ppocr_torch.py (torch on real photos)
 def test_batched_torch_engine_matches_numpy(batched):
     """The GPU code path (torch preprocessing + ONNX Runtime I/O binding) on CPU, both
     looks, against the numpy path at the same (test-sized) detector side."""

@@ -177,6 +177,7 @@ def spotters():
             BatchedOcrSpotter(runtime="torch", **kw))
 
 
+@pytest.mark.slow  # default: the same on real photos
 def test_torch_runtime_spots_like_onnxruntime_on_generated_images(spotters):
     """Both pre-processing engines and both recogniser paddings on the torch runtime."""
     from tests.udfs.test_ocr import _photo, _with_text

@@ -277,6 +277,7 @@ def _poster_sign_photo() -> list[np.ndarray]:
     return [np.asarray(img.convert("RGB")) for img in (poster, sign, photo_image(rng, 256))]
 
 
+@pytest.mark.slow  # default: test_masked_clip_score_with_reused_similarity_and_on_error_rows
 def test_masked_clip_score_is_the_clip_score_of_the_masked_image():
     """Real OCR boxes; the masked score equals B/32 on the explicitly masked pixels."""
     from udfs.masking import mask_text

@@ -98,6 +98,7 @@ def test_score_words_matches_direct_computation(bundle, template):
         score_words(bundle, words, "red_on_blue", settings)
 
 
+@pytest.mark.slow  # default: test_score_words_matches_direct_computation
 def test_trained_model_spots_text_better_than_random(bundle, tmp_path):
     """A model trained to read rendered words must get a clearly higher Sync. Score."""
     model, losses = finetune_on_words(bundle, WORDS, RenderSettings(), TrainSettings(seed=0))
