@@ -58,8 +58,8 @@ def ran(spark, tmp_path_factory):
             "config": str(config), "rows": str(ROWS), "storage_root": str(tmp / "lake"),
             "catalog": "", "schema": "t_pipeline"}, monkeypatch)
     cfg, sample = notebook.namespace["cfg"], notebook.namespace["sample"]
-    return Ran(cfg, {"first": notebook.namespace["reports"]}, Path(sample.out), sample.rows,
-               tmp, notebook.html)
+    return Ran(cfg, notebook.namespace["reports"], Path(sample.out), sample.rows, tmp,
+               notebook.html)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +80,12 @@ def test_the_quickstart_notebook_shows_where_every_row_went(ran):
     assert parts == {**parts, "input": ROWS, "pending": 0}
     assert parts["input"] == parts["kept"] + parts["rejects"]
     assert parts["kept"] > 0 and parts["rejects"] > 0
-    assert ran.reports["first"]["publish"].kept == parts["kept"]
+    assert ran.reports["publish"].kept == parts["kept"]
 
 
 def test_run_accounts_for_every_input_row(spark, ran):
     lake = Lake(spark, ran.cfg)
-    reports = ran.reports["first"]
+    reports = ran.reports
     subset = lake.read("subset")
     rejects = lake.read("rejects")
     assert subset.count() + rejects.count() == ran.rows == ROWS
