@@ -128,34 +128,12 @@ print(f"tables: {tables}; sample and files: {files}")
 # COMMAND ----------
 
 import dataclasses
-import functools
-import threading
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+from jobs.demo import serve
 from jobs.stages import get_stage
 
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def serving(directory: str, address: str):
-    """Serve `directory` at `address` (a free port) while the block runs; its base URL."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    server = ThreadingHTTPServer(
-        (address, 0), functools.partial(QuietHandler, directory=directory))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://{address}:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-with serving(cfg.sample.out, host) as base_url:
+Path(cfg.sample.out).mkdir(parents=True, exist_ok=True)
+with serve(Path(cfg.sample.out), host) as base_url:
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, base_url=base_url))
     sample = get_stage("sample").run(cfg)
     print(f"sample: {sample.rows} rows in {sample.out}, served at {base_url}: {sample.kinds}")
